@@ -1,0 +1,190 @@
+"""Realise the quantization plan: float layers -> ``R.call_tir`` of integer PrimFuncs from ``tvmq.schedules``.
+
+The result has three functions: ``main`` (int8 in -> int8 out, integer-only), ``quantize_input`` (float -> int8)
+and ``dequantize_output`` (int8 -> float). The PrimFuncs are the single definition of tvmq's integer arithmetic:
+the host (LLVM) and the device (C) both build from them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from .. import schedules as S
+from ..quant.plan import LayerPlan, QuantPlan
+from .layers import Layer
+
+
+def RealizeIntegerOps(layers: list[Layer], plan: QuantPlan) -> tvm.transform.Pass:  # noqa: N802
+    """A module pass replacing the float ``main`` with its integer-only counterpart."""
+
+    @tvm.transform.module_pass(opt_level=0, name="tvmq.RealizeIntegerOps")
+    def _realize(mod: tvm.IRModule, ctx) -> tvm.IRModule:
+        return _Realizer(mod["main"], layers, plan).build()
+
+    return _realize
+
+
+class _Realizer:
+    def __init__(self, func: relax.Function, layers: list[Layer], plan: QuantPlan) -> None:
+        self.func, self.layers, self.plan = func, layers, plan
+        self.bb = relax.BlockBuilder()
+
+    def build(self) -> tvm.IRModule:
+        param = self.func.params[0]
+        in_shape = _shape(param)
+        x = relax.Var("input_q", relax.TensorType(in_shape, "int8"))
+        with self.bb.function("main", [x]):
+            with self.bb.dataflow():
+                env = {param: x}
+                for layer, lp in zip(self.layers, self.plan.layers, strict=True):
+                    inputs = [env[v] for v in layer.inputs]
+                    env[layer.output] = self._emit_layer(layer, lp, inputs)
+                out = self.bb.emit_output(env[self.func.body.body])
+            self.bb.emit_func_output(out)
+        self._boundary_functions(in_shape, _shape(self.func.body.body))
+        return self.bb.finalize()
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+    def _call(self, name: str, prim: tvm.tirx.PrimFunc, args: list, out_shape, dtype: str = "int8") -> relax.Var:
+        gv = self.bb.add_func(prim, name)
+        return self.bb.emit(relax.call_tir(gv, args, relax.TensorType(list(out_shape), dtype)), name)
+
+    def _reshape(self, x: relax.Expr, shape) -> relax.Var:
+        return self.bb.emit(relax.op.reshape(x, list(shape)))
+
+    def _boundary_functions(self, in_shape, out_shape) -> None:
+        qin, qout = self.plan.input, self.plan.output
+        xf = relax.Var("x", relax.TensorType(list(in_shape), "float32"))
+        with self.bb.function("quantize_input", [xf]):
+            prim = S.quantize_primfunc(in_shape, scale=qin.scale, zero_point=qin.zero_point, qmin=qin.qmin,
+                                       qmax=qin.qmax)  # fmt: skip
+            self.bb.emit_func_output(self._call("quantize", prim, [xf], in_shape))
+        yq = relax.Var("y", relax.TensorType(list(out_shape), "int8"))
+        with self.bb.function("dequantize_output", [yq]):
+            prim = S.dequantize_primfunc(out_shape, scale=qout.scale, zero_point=qout.zero_point)
+            self.bb.emit_func_output(self._call("dequantize", prim, [yq], out_shape, "float32"))
+
+    # -- layers ----------------------------------------------------------------------------------------------
+    def _emit_layer(self, layer: Layer, lp: LayerPlan, inputs: list[relax.Expr]) -> relax.Expr:
+        kind = layer.kind
+        if kind in ("conv2d", "conv1d"):
+            return self._conv(layer, lp, inputs[0])
+        if kind == "dense":
+            return self._weighted(layer, lp, inputs[0], S.qdense_primfunc(
+                layer.in_shapes[0], lp.weight.shape, has_bias=lp.bias is not None, input_zp=lp.inputs[0].zero_point,
+                output_zp=lp.output.zero_point, act_min=lp.act_min, act_max=lp.act_max, pow2=lp.multiplier is None,
+            ), lp.weight, layer.out_shape)  # fmt: skip
+        if kind == "add":
+            a, b = lp.inputs
+            prim = S.qadd_primfunc(layer.in_shapes[0], layer.in_shapes[1], a_zp=a.zero_point, b_zp=b.zero_point,
+                                   out_zp=lp.output.zero_point, act_min=lp.act_min, act_max=lp.act_max,
+                                   **lp.params)  # fmt: skip
+            return self._call(layer.name, prim, inputs, layer.out_shape)
+        if kind in ("max_pool2d", "max_pool1d", "avg_pool2d", "avg_pool1d"):
+            return self._pool(layer, lp, inputs[0])
+        if kind == "global_avg_pool":
+            return self._global_avg_pool(layer, lp, inputs[0])
+        if kind == "concat":
+            return self._concat(layer, lp, inputs)
+        if kind == "pad":
+            width = layer.attrs["pad_width"]
+            prim = S.qpad_primfunc(layer.in_shapes[0], pad_before=width[0::2], pad_after=width[1::2],
+                                   pad_value=lp.params["pad_code"])  # fmt: skip
+            return self._call(layer.name, prim, inputs, layer.out_shape)
+        if kind == "softmax":
+            prim = S.qsoftmax_primfunc(layer.in_shapes[0], axis=-1)
+            return self._call(layer.name, prim, [inputs[0], relax.const(lp.params["lut"])], layer.out_shape)
+        if kind == "sigmoid":
+            prim = S.qlut_primfunc(layer.in_shapes[0])
+            return self._call(layer.name, prim, [inputs[0], relax.const(lp.params["table"])], layer.out_shape)
+        if kind == "clamp":
+            prim = S.qclamp_primfunc(layer.in_shapes[0], lo=lp.act_min, hi=lp.act_max)
+            return self._call(layer.name, prim, inputs, layer.out_shape)
+        if kind == "reshape":
+            return self._reshape(inputs[0], layer.out_shape)
+        if kind == "transpose":
+            return self.bb.emit(relax.op.permute_dims(inputs[0], layer.attrs["axes"]))
+        raise AssertionError(f"layer kind {kind} has no realisation")  # find_layers only yields the kinds above
+
+    def _weighted(self, layer: Layer, lp: LayerPlan, data, prim, weight: np.ndarray, out_shape) -> relax.Var:
+        args = [data, relax.const(weight)]
+        if lp.bias is not None:
+            args.append(relax.const(lp.bias))
+        if lp.multiplier is not None:
+            args.append(relax.const(lp.multiplier))
+        args.append(relax.const(lp.shift))
+        return self._call(layer.name, prim, args, out_shape)
+
+    def _conv(self, layer: Layer, lp: LayerPlan, data) -> relax.Expr:
+        a = layer.attrs
+        in_shape, weight = layer.in_shapes[0], lp.weight
+        strides, padding, dilation = a["strides"], a["padding"], a["dilation"]
+        out_shape = layer.out_shape
+        if layer.kind == "conv1d":  # (N, W, C) as (N, 1, W, C): one kernel definition serves both
+            in_shape = (in_shape[0], 1, *in_shape[1:])
+            data = self._reshape(data, in_shape)
+            weight = weight.reshape(weight.shape[0], 1, *weight.shape[1:])
+            strides, dilation = [1, strides[0]], [1, dilation[0]]
+            padding = [0, padding[0], 0, padding[1]]
+            out_shape = (out_shape[0], 1, *out_shape[1:])
+        prim = S.qconv2d_primfunc(
+            in_shape, weight.shape, has_bias=lp.bias is not None, strides=strides, padding=padding,
+            dilation=dilation, groups=a["groups"], input_zp=lp.inputs[0].zero_point, output_zp=lp.output.zero_point,
+            act_min=lp.act_min, act_max=lp.act_max, pow2=lp.multiplier is None,
+        )
+        out = self._weighted(layer, lp, data, prim, weight, out_shape)
+        return self._reshape(out, layer.out_shape) if layer.kind == "conv1d" else out
+
+    def _pool(self, layer: Layer, lp: LayerPlan, data) -> relax.Expr:
+        a = layer.attrs
+        in_shape, out_shape = layer.in_shapes[0], layer.out_shape
+        pool, strides, padding = list(a["pool_size"]), list(a["strides"]), list(a["padding"])
+        one_d = layer.kind.endswith("1d")
+        if one_d:
+            in_shape, out_shape = (in_shape[0], 1, *in_shape[1:]), (out_shape[0], 1, *out_shape[1:])
+            data = self._reshape(data, in_shape)
+            pool, strides, padding = [1, pool[0]], [1, strides[0]], [0, padding[0], 0, padding[1]]
+        # ceil_mode: extend the bottom/right padding until the window count matches (padded taps never count).
+        for axis in range(2):
+            size = in_shape[1 + axis] + padding[axis] + padding[2 + axis]
+            need = (out_shape[1 + axis] - 1) * strides[axis] + pool[axis] - size
+            padding[2 + axis] += max(0, need)
+        kw = {"pool": pool, "strides": strides, "padding": padding, "act_min": lp.act_min, "act_max": lp.act_max}
+        if layer.kind.startswith("max"):
+            prim = S.qmax_pool2d_primfunc(in_shape, **kw)
+        else:
+            prim = S.qavg_pool2d_primfunc(in_shape, count_include_pad=a["count_include_pad"], **kw)
+        out = self._call(layer.name, prim, [data], out_shape)
+        return self._reshape(out, layer.out_shape) if one_d else out
+
+    def _global_avg_pool(self, layer: Layer, lp: LayerPlan, data) -> relax.Expr:
+        shape = layer.in_shapes[0]
+        if not layer.attrs["channels_last"]:
+            axes = [0, *range(2, len(shape)), 1]
+            data = self.bb.emit(relax.op.permute_dims(data, axes))
+            shape = tuple(shape[i] for i in axes)
+        nhwc = shape if len(shape) == 4 else (shape[0], 1, shape[1], shape[2])
+        if nhwc != shape:
+            data = self._reshape(data, nhwc)
+        prim = S.qavg_pool2d_primfunc(nhwc, pool=nhwc[1:3], strides=(1, 1), act_min=lp.act_min,
+                                      act_max=lp.act_max)  # fmt: skip
+        out = self._call(layer.name, prim, [data], (nhwc[0], 1, 1, nhwc[3]))
+        return self._reshape(out, layer.out_shape)
+
+    def _concat(self, layer: Layer, lp: LayerPlan, inputs: list) -> relax.Expr:
+        parts = []
+        for k, (x, qp, rescale) in enumerate(zip(inputs, lp.inputs, lp.params["rescale"], strict=True)):
+            if rescale is not None:
+                prim = S.qrequantize_primfunc(layer.in_shapes[k], in_zp=qp.zero_point, mult=rescale[0],
+                                              shift=rescale[1], out_zp=lp.output.zero_point,
+                                              act_min=lp.output.qmin, act_max=lp.output.qmax)  # fmt: skip
+                x = self._call(f"{layer.name}_rescale{k}", prim, [x], layer.in_shapes[k])
+            parts.append(x)
+        prim = S.qconcat_primfunc(layer.in_shapes, axis=layer.attrs["axis"])
+        return self._call(layer.name, prim, parts, layer.out_shape)
+
+
+def _shape(expr: relax.Expr) -> tuple[int, ...]:
+    return tuple(int(d) for d in expr.ty.shape)

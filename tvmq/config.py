@@ -1,0 +1,137 @@
+"""`QuantConfig`: what to quantize how, with global defaults and per-layer overrides.
+
+Later stages plug into the same dataclass: non-linear schemes (``weight_scheme``/``act_scheme``), lower bit-widths
+and the PTQ pipeline (``ptq``). Every field is validated in one place so bad values fail before calibration starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+OBSERVERS = ("minmax", "mse", "percentile")
+SCHEMES = ("uniform",)
+
+# Fields a per-layer override may change (everything that describes how one layer is quantized).
+LAYER_FIELDS = (
+    "weight_bits",
+    "act_bits",
+    "weight_observer",
+    "act_observer",
+    "per_channel",
+    "percentile",
+    "weight_scheme",
+    "act_scheme",
+)
+
+
+@dataclass(frozen=True)
+class LayerQuantConfig:
+    """The effective settings of one layer after overrides are applied."""
+
+    weight_bits: int
+    act_bits: int
+    weight_observer: str
+    act_observer: str
+    per_channel: bool
+    percentile: float
+    weight_scheme: str
+    act_scheme: str
+
+
+@dataclass
+class QuantConfig:
+    """Quantization settings.
+
+    Defaults follow the int8 deployment practice of TFLite Micro and CMSIS-NN: per-channel symmetric int8
+    weights, per-tensor asymmetric int8 activations, int32 bias, MinMax ranges.
+
+    ``overrides`` maps a layer name (as listed by ``QuantizedModel.summary()``, e.g. ``"conv2d_0"``) to a dict
+    of the fields in ``LAYER_FIELDS``. ``pow2_scales`` restricts every scale to a power of two so that
+    requantization is a shift.
+    """
+
+    weight_bits: int = 8
+    act_bits: int = 8
+    weight_observer: str = "minmax"
+    act_observer: str = "minmax"
+    per_channel: bool = True
+    percentile: float = 99.99
+    weight_scheme: str = "uniform"
+    act_scheme: str = "uniform"
+    pow2_scales: bool = False
+    max_calibration_samples: int = 1024
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ptq: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first invalid field."""
+        _check_layer_fields({f: getattr(self, f) for f in LAYER_FIELDS}, where="QuantConfig")
+        if not isinstance(self.pow2_scales, bool):
+            raise ConfigError(f"QuantConfig.pow2_scales must be True or False, got {self.pow2_scales!r}")
+        if not isinstance(self.max_calibration_samples, int) or self.max_calibration_samples < 1:
+            raise ConfigError(
+                f"QuantConfig.max_calibration_samples must be a positive int, got {self.max_calibration_samples!r}"
+            )
+        if not isinstance(self.overrides, dict):
+            raise ConfigError("QuantConfig.overrides must be a dict {layer_name: {field: value}}")
+        for layer, fields in self.overrides.items():
+            if not isinstance(fields, dict):
+                raise ConfigError(f"QuantConfig.overrides['{layer}'] must be a dict of fields, got {fields!r}")
+            unknown = sorted(set(fields) - set(LAYER_FIELDS))
+            if unknown:
+                raise ConfigError(
+                    f"QuantConfig.overrides['{layer}'] has unknown field(s) {unknown}; "
+                    f"per-layer fields are {list(LAYER_FIELDS)}"
+                )
+            _check_layer_fields(fields, where=f"QuantConfig.overrides['{layer}']")
+        if self.ptq:
+            raise ConfigError(
+                f"QuantConfig.ptq={self.ptq!r}: no PTQ algorithm is available in this version of tvmq; "
+                "leave ptq empty (round-to-nearest with the chosen observers)"
+            )
+
+    def for_layer(self, name: str) -> LayerQuantConfig:
+        """Settings of layer ``name``: the global defaults with that layer's overrides applied."""
+        values = {f: getattr(self, f) for f in LAYER_FIELDS}
+        values.update(self.overrides.get(name, {}))
+        return LayerQuantConfig(**values)
+
+    def check_layer_names(self, known: list[str]) -> None:
+        """Refuse overrides addressed to layers the model does not have (a typo would be silently ignored)."""
+        unknown = sorted(set(self.overrides) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"QuantConfig.overrides names layer(s) {unknown} that the model does not have; "
+                f"its layers are: {', '.join(known)}"
+            )
+
+    def replace(self, **changes: Any) -> QuantConfig:
+        """A copy with some fields changed (validated)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _check_layer_fields(fields: dict[str, Any], where: str) -> None:
+    for name in ("weight_bits", "act_bits"):
+        if name in fields:
+            bits = fields[name]
+            if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
+                raise ConfigError(f"{where}.{name} must be an integer in 1..8, got {bits!r}")
+    for name in ("weight_observer", "act_observer"):
+        if name in fields and fields[name] not in OBSERVERS:
+            raise ConfigError(f"{where}.{name} must be one of {list(OBSERVERS)}, got {fields[name]!r}")
+    for name in ("weight_scheme", "act_scheme"):
+        if name in fields and fields[name] not in SCHEMES:
+            raise ConfigError(f"{where}.{name} must be one of {list(SCHEMES)}, got {fields[name]!r}")
+    if "per_channel" in fields and not isinstance(fields["per_channel"], bool):
+        raise ConfigError(f"{where}.per_channel must be True or False, got {fields['per_channel']!r}")
+    if "percentile" in fields:
+        p = fields["percentile"]
+        if isinstance(p, bool) or not isinstance(p, int | float) or not 50.0 < float(p) <= 100.0:
+            raise ConfigError(f"{where}.percentile must be a number in (50, 100], got {p!r}")

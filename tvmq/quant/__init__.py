@@ -1,0 +1,1 @@
+"""Quantization: calibration, parameter derivation and fixed-point helpers."""
