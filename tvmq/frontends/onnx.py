@@ -73,7 +73,8 @@ def from_onnx(model: str | os.PathLike | onnx.ModelProto) -> tvm.IRModule:
         except TvmqError:
             raise
         except Exception as err:  # TVM's converters raise assorted types; the user needs file + reason only
-            raise ModelLoadError(f"TVM could not import ONNX model {origin}: {str(err).strip().splitlines()[-1]}") from None
+            reason = str(err).strip().splitlines()[-1]
+            raise ModelLoadError(f"TVM could not import ONNX model {origin}: {reason}") from None
     return mod.with_attr("tvmq.source", origin).with_attr("tvmq.input_name", inputs[0].name)
 
 

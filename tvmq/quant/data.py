@@ -58,6 +58,8 @@ def _as_batch(part: np.ndarray, sample_shape: tuple, input_shape: tuple, what: s
         return part[None]
     if part.shape[1:] == sample_shape:
         return part
+    if part.shape[1:] == tuple(input_shape):  # a stack of model-shaped (batch 1) inputs
+        return part.reshape((part.shape[0], *sample_shape))
     raise CalibrationDataError(
         f"{what} (array {index}) has shape {part.shape}; expected (N, {', '.join(map(str, sample_shape))}) "
         f"for model input shape {tuple(input_shape)}"
