@@ -1,0 +1,74 @@
+"""TE compute definitions of tvmq's integer quantized ops: the single source of integer arithmetic.
+
+The same TE/TIR builds for the host (LLVM) and for Cortex-M (plain C), so both agree bit for bit.
+Arithmetic follows TensorFlow Lite Micro's int8 reference kernels (except ``qsoftmax``, an integer-only
+LUT softmax). This package depends only on tvm and numpy (no ``tvmq.*`` imports): it installs as
+``tvmq.schedules`` but must also import as a top-level ``schedules`` package.
+"""
+
+from .conv import conv_out_size, qconv2d
+from .data_movement import qconcat, qpad
+from .dense import qdense
+from .elementwise import broadcast_shape, dequantize, qadd, qclamp, qlut, qrequantize, quantize
+from .fixed_point import (
+    multiply_by_quantized_multiplier,
+    pow2_requantize,
+    requantize,
+    rounding_divide_by_pot,
+    saturating_rounding_doubling_high_mul,
+)
+from .pool import pool_out_size, qavg_pool2d, qglobal_avg_pool2d, qmax_pool2d
+from .primfuncs import (
+    dequantize_primfunc,
+    qadd_primfunc,
+    qavg_pool2d_primfunc,
+    qclamp_primfunc,
+    qconcat_primfunc,
+    qconv2d_primfunc,
+    qdense_primfunc,
+    qlut_primfunc,
+    qmax_pool2d_primfunc,
+    qpad_primfunc,
+    qrequantize_primfunc,
+    qsoftmax_primfunc,
+    quantize_primfunc,
+)
+from .softmax import qsoftmax
+
+__all__ = [
+    "conv_out_size",
+    "pool_out_size",
+    "broadcast_shape",
+    "multiply_by_quantized_multiplier",
+    "pow2_requantize",
+    "requantize",
+    "rounding_divide_by_pot",
+    "saturating_rounding_doubling_high_mul",
+    "qconv2d",
+    "qdense",
+    "qadd",
+    "qrequantize",
+    "qclamp",
+    "qlut",
+    "quantize",
+    "dequantize",
+    "qmax_pool2d",
+    "qavg_pool2d",
+    "qglobal_avg_pool2d",
+    "qsoftmax",
+    "qpad",
+    "qconcat",
+    "qconv2d_primfunc",
+    "qdense_primfunc",
+    "qadd_primfunc",
+    "qrequantize_primfunc",
+    "qclamp_primfunc",
+    "qlut_primfunc",
+    "qmax_pool2d_primfunc",
+    "qavg_pool2d_primfunc",
+    "qsoftmax_primfunc",
+    "qpad_primfunc",
+    "qconcat_primfunc",
+    "quantize_primfunc",
+    "dequantize_primfunc",
+]

@@ -1,0 +1,172 @@
+"""TIR expressions of TFLite's fixed-point arithmetic (gemmlowp ``SaturatingRoundingDoublingHighMul`` etc.).
+
+These are the single definition of integer requantization in tvmq: the same expressions compile for the
+host (LLVM) and for Cortex-M (C), so both give identical bytes. Semantics follow TFLite Micro's reference
+kernels (double rounding, i.e. without ``TFLITE_SINGLE_ROUNDING``).
+
+Each helper takes ``PrimExpr`` operands or Python ints; Python ints become immediates, and the helpers
+fold the branches they make unnecessary (e.g. no left shift when the shift is a non-positive constant).
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+from tvm import ir, te, tirx
+from tvm.te.tensor import TensorSlice
+
+INT32_MIN = -(2**31)
+INT32_MAX = 2**31 - 1
+
+Expr = ir.Expr
+IntOrExpr = Union[int, Expr, TensorSlice]  # noqa: UP007  (TensorSlice is not a type for `|` at runtime)
+
+
+def as_expr(v: IntOrExpr) -> Expr | int:
+    """Normalise a tensor element access (``TensorSlice``) to its expression; ints stay ints."""
+    if isinstance(v, TensorSlice):
+        return v.asobject()
+    if isinstance(v, Expr):
+        return v
+    return int(v)
+
+
+def dtype_of(v: Expr | te.Tensor) -> str:
+    """The dtype string of an expression or tensor (TVM 0.27 expressions have ``.ty``, not ``.dtype``)."""
+    if isinstance(v, te.Tensor):
+        return str(v.dtype)
+    ty = v.ty
+    return str(ty.dtype if hasattr(ty, "dtype") else ty)
+
+
+def i32(v: IntOrExpr) -> Expr:
+    """An int32 expression from an int or an expression of any integer type."""
+    v = as_expr(v)
+    if isinstance(v, Expr):
+        return v if dtype_of(v) == "int32" else v.astype("int32")
+    return tirx.const(v, "int32")
+
+
+def _i64(v: IntOrExpr) -> Expr:
+    v = as_expr(v)
+    if isinstance(v, Expr):
+        return v if dtype_of(v) == "int64" else v.astype("int64")
+    return tirx.const(v, "int64")
+
+
+def saturating_rounding_doubling_high_mul(a: IntOrExpr, b: IntOrExpr) -> Expr:
+    """gemmlowp SRDHM: ``round(a * b / 2^31)`` in int64, ties away from zero, INT32_MIN^2 saturates.
+
+    The division is a C truncating division (``tirx.truncdiv``), not an arithmetic shift, because the
+    reference rounds negative products towards zero after the nudge. The saturation is written as
+    ``min(q, INT32_MAX)`` on the int64 quotient (q exceeds INT32_MAX only for a == b == INT32_MIN):
+    TVM's simplifier wrongly folds the reference's ``a == INT32_MIN && b == INT32_MIN`` test to false.
+    """
+    a, b = as_expr(a), as_expr(b)
+    ab = _i64(a) * _i64(b)
+    nudge = tirx.Select(
+        ab >= tirx.const(0, "int64"),
+        tirx.const(1 << 30, "int64"),
+        tirx.const(1 - (1 << 30), "int64"),
+    )
+    q = tirx.truncdiv(ab + nudge, tirx.const(1 << 31, "int64"))
+    if (isinstance(a, int) and a != INT32_MIN) or (isinstance(b, int) and b != INT32_MIN):
+        return q.astype("int32")
+    return tirx.min(q, tirx.const(INT32_MAX, "int64")).astype("int32")
+
+
+def rounding_divide_by_pot(x: IntOrExpr, exponent: IntOrExpr) -> Expr:
+    """gemmlowp RDBPOT: ``x / 2^exponent`` rounded to nearest, ties away from zero; 0 <= exponent <= 31.
+
+    Computed as ``(x + ((2^e - 1 + (x >= 0)) >> 1)) >> e`` in int64, which equals the reference's
+    remainder/threshold form for every int32 x (no overflow possible in int64). The reference form
+    with a symbolic mask is mis-simplified by TVM (``x & m > (m >> 1)`` folds to false).
+    """
+    x = i32(x)
+    exponent = as_expr(exponent)
+    if isinstance(exponent, int):
+        if not 0 <= exponent <= 31:
+            raise ValueError(f"rounding_divide_by_pot: exponent must be in 0..31, got {exponent}")
+        if exponent == 0:
+            return x
+        e64 = tirx.const(exponent, "int64")
+        mask = tirx.const((1 << exponent) - 1, "int64")
+    else:
+        e64 = _i64(exponent)
+        mask = tirx.shift_left(tirx.const(1, "int64"), e64) - tirx.const(1, "int64")
+    x64 = _i64(x)
+    pos = tirx.Select(x >= tirx.const(0, "int32"), tirx.const(1, "int64"), tirx.const(0, "int64"))
+    nudge = tirx.shift_right(mask + pos, tirx.const(1, "int64"))
+    return tirx.shift_right(x64 + nudge, e64).astype("int32")
+
+
+def _wrapping_shift_left(x: Expr, left: IntOrExpr) -> Expr:
+    """``x * (1 << left)`` with two's-complement wrap-around (done in int64: no signed-overflow UB)."""
+    return tirx.shift_left(_i64(x), _i64(left)).astype("int32")
+
+
+def multiply_by_quantized_multiplier(x: IntOrExpr, mult: IntOrExpr, shift: IntOrExpr) -> Expr:
+    """TFLite ``MultiplyByQuantizedMultiplier``: ``x * mult * 2^(shift - 31)``, double rounding.
+
+    ``shift`` is the signed exponent from ``QuantizeMultiplier`` (positive = left shift).
+    """
+    x = i32(x)
+    mult, shift = as_expr(mult), as_expr(shift)
+    if isinstance(shift, int):
+        left, right = max(shift, 0), max(-shift, 0)
+        if left:
+            x = _wrapping_shift_left(x, left)
+        return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(x, mult), right)
+    s = i32(shift)
+    zero = tirx.const(0, "int32")
+    left = tirx.max(s, zero)
+    right = tirx.max(zero - s, zero)
+    return rounding_divide_by_pot(
+        saturating_rounding_doubling_high_mul(_wrapping_shift_left(x, left), mult), right
+    )
+
+
+def pow2_requantize(x: IntOrExpr, shift: IntOrExpr) -> Expr:
+    """Power-of-two requantization ``x * 2^shift``: a rounding right shift (RDBPOT) or a plain left shift.
+
+    No multiply; used when every scale ratio is an exact power of two (``pow2=True`` / ``mult=None``).
+    """
+    x = i32(x)
+    shift = as_expr(shift)
+    if isinstance(shift, int):
+        if shift >= 0:
+            return _wrapping_shift_left(x, shift) if shift else x
+        return rounding_divide_by_pot(x, -shift)
+    s = i32(shift)
+    zero = tirx.const(0, "int32")
+    down = rounding_divide_by_pot(x, tirx.min(tirx.max(zero - s, zero), tirx.const(31, "int32")))
+    up = _wrapping_shift_left(x, tirx.max(s, zero))
+    return tirx.Select(s >= zero, up, down)
+
+
+def requantize(x: IntOrExpr, mult: IntOrExpr | None, shift: IntOrExpr) -> Expr:
+    """MBQM with a multiplier, or the power-of-two shift when ``mult`` is None."""
+    if mult is None:
+        return pow2_requantize(x, shift)
+    return multiply_by_quantized_multiplier(x, mult, shift)
+
+
+def clamp(x: Expr, lo: IntOrExpr, hi: IntOrExpr) -> Expr:
+    """``min(max(x, lo), hi)`` in x's dtype."""
+    lo, hi = as_expr(lo), as_expr(hi)
+    x = as_expr(x)
+    dt = dtype_of(x)
+    lo_e = lo if isinstance(lo, Expr) else tirx.const(lo, dt)
+    hi_e = hi if isinstance(hi, Expr) else tirx.const(hi, dt)
+    return tirx.min(tirx.max(x, lo_e), hi_e)
+
+
+def channel_param(p: te.Tensor | int | None, idx: Expr) -> IntOrExpr | None:
+    """A per-channel parameter: ``p[idx]`` for a tensor, the int itself (an immediate), or None."""
+    if p is None:
+        return None
+    if isinstance(p, te.Tensor):
+        if len(p.shape) == 0:
+            return p()
+        return p[idx]
+    return int(p)
