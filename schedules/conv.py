@@ -16,8 +16,7 @@ def conv_out_size(size: int, k: int, stride: int, dilation: int, pad_lo: int, pa
     out = (size + pad_lo + pad_hi - eff) // stride + 1
     if out <= 0:
         raise ValueError(
-            f"kernel {k} (dilation {dilation}) with stride {stride}, padding ({pad_lo},{pad_hi}) "
-            f"exceeds input {size}"
+            f"kernel {k} (dilation {dilation}) with stride {stride}, padding ({pad_lo},{pad_hi}) exceeds input {size}"
         )
     return out
 
@@ -54,9 +53,7 @@ def qconv2d(
     dh, dw = (int(d) for d in dilation)
     pt, pl, pb, pr = (int(p) for p in padding)
     if groups <= 0 or c % groups or o % groups or c // groups != cg:
-        raise ValueError(
-            f"{name}: groups={groups} does not fit data channels {c}, weight {tuple(weight.shape)}"
-        )
+        raise ValueError(f"{name}: groups={groups} does not fit data channels {c}, weight {tuple(weight.shape)}")
     if bias is not None and tuple(int(d) for d in bias.shape) != (o,):
         raise ValueError(f"{name}: bias shape {tuple(bias.shape)} != ({o},)")
     oh = conv_out_size(h, kh, sh, dh, pt, pb)

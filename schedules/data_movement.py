@@ -23,12 +23,12 @@ def qpad(
         raise ValueError(f"qpad: pad_before/pad_after need {len(shape)} entries, got {pad_before}, {pad_after}")
     if min(list(pad_before) + list(pad_after)) < 0:
         raise ValueError(f"qpad: negative padding {pad_before}, {pad_after}")
-    out_shape = tuple(d + int(b) + int(a) for d, b, a in zip(shape, pad_before, pad_after))
+    out_shape = tuple(d + int(b) + int(a) for d, b, a in zip(shape, pad_before, pad_after, strict=True))
 
     def f(*idx: tirx.Var) -> tirx.PrimExpr:
         conds = []
         src = []
-        for i, d, b in zip(idx, shape, pad_before):
+        for i, d, b in zip(idx, shape, pad_before, strict=True):
             b = int(b)
             if b or out_shape[len(src)] != d:
                 conds.append(tirx.all(i >= b, i < b + d))
@@ -50,7 +50,7 @@ def qconcat(xs: Sequence[te.Tensor], axis: int = -1, *, name: str = "qconcat") -
     if not 0 <= ax < ndim:
         raise ValueError(f"qconcat: axis {axis} out of range for rank {ndim}")
     shapes = [[int(d) for d in t.shape] for t in xs]
-    for t, s in zip(xs, shapes):
+    for t, s in zip(xs, shapes, strict=True):
         if len(s) != ndim or any(s[k] != shapes[0][k] for k in range(ndim) if k != ax):
             raise ValueError(f"qconcat: shape {tuple(s)} does not match {tuple(shapes[0])} off axis {ax}")
         if dtype_of(t) != dtype_of(xs[0]):

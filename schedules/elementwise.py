@@ -14,7 +14,9 @@ from .fixed_point import (
     IntOrExpr,
     clamp,
     dtype_of,
+    f32_const,
     i32,
+    let,
     multiply_by_quantized_multiplier,
     requantize,
 )
@@ -27,7 +29,7 @@ def broadcast_shape(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...]:
     a = [1] * (n - len(a)) + a
     b = [1] * (n - len(b)) + b
     out = []
-    for da, db in zip(a, b):
+    for da, db in zip(a, b, strict=True):
         if da != db and 1 not in (da, db):
             raise ValueError(f"shapes {tuple(a)} and {tuple(b)} do not broadcast")
         out.append(max(da, db))
@@ -106,8 +108,30 @@ def qclamp(x: te.Tensor, lo: int, hi: int, *, name: str = "qclamp") -> te.Tensor
 
 def qlut(x: te.Tensor, table: te.Tensor, *, name: str = "qlut") -> te.Tensor:
     """Generic int8 elementwise lookup ``table[x + 128]`` (sigmoid, tanh, ... built by ``lut_int8``)."""
-    return te.compute(
-        x.shape, lambda *idx: table[i32(x[idx]) + tirx.const(128, "int32")], name=name
+    return te.compute(x.shape, lambda *idx: table[i32(x[idx]) + tirx.const(128, "int32")], name=name)
+
+
+def round_half_away_f32(t: tirx.PrimExpr) -> tirx.PrimExpr:
+    """C ``roundf`` (ties away from zero) from trunc and compares only.
+
+    ``tirx.round`` lowers to ``llvm.nearbyint`` (ties to even) on LLVM, so it cannot be used. ``t - trunc(t)``
+    is exact in binary floating point (Sterbenz), so this is exact for every float; NaN maps to 0.
+    """
+    return let(
+        tirx.trunc(t),
+        "q_int",
+        lambda r: tirx.Select(
+            tirx.isnan(t),
+            tirx.const(0.0, "float32"),
+            r
+            + tirx.Select(
+                t - r >= tirx.const(0.5, "float32"),
+                tirx.const(1.0, "float32"),
+                tirx.Select(
+                    t - r <= tirx.const(-0.5, "float32"), tirx.const(-1.0, "float32"), tirx.const(0.0, "float32")
+                ),
+            ),
+        ),
     )
 
 
@@ -127,12 +151,12 @@ def quantize(
     still-float rounded value (shifted by ``zp``) so the float->int conversion never sees an out-of-range
     value: this is exactly the clamp of the integer sum and avoids UB for large inputs.
     """
-    s = tirx.const(float(scale), "float32")
+    s = f32_const(scale)  # the float32 a .tflite file stores, exact in C too
     lo = tirx.const(float(qmin - zero_point), "float32")
     hi = tirx.const(float(qmax - zero_point), "float32")
 
     def f(*idx: tirx.Var) -> tirx.PrimExpr:
-        r = tirx.round(x[idx] / s)
+        r = let(x[idx] / s, "q", round_half_away_f32)
         r = tirx.min(tirx.max(r, lo), hi)
         return (r.astype("int32") + tirx.const(zero_point, "int32")).astype(out_dtype)
 
@@ -141,7 +165,7 @@ def quantize(
 
 def dequantize(x: te.Tensor, *, scale: float, zero_point: int, name: str = "dequantize") -> te.Tensor:
     """``(x - zp) * scale`` in float32 (bit-identical to TFLite's double product rounded to float)."""
-    s = tirx.const(float(scale), "float32")
+    s = f32_const(scale)  # the float32 a .tflite file stores, exact in C too
     return te.compute(
         x.shape,
         lambda *idx: (i32(x[idx]) - tirx.const(zero_point, "int32")).astype("float32") * s,

@@ -10,8 +10,10 @@ fold the branches they make unnecessary (e.g. no left shift when the shift is a 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Union
 
+import numpy as np
 from tvm import ir, te, tirx
 from tvm.te.tensor import TensorSlice
 
@@ -47,6 +49,18 @@ def i32(v: IntOrExpr) -> Expr:
     return tirx.const(v, "int32")
 
 
+def let(value: Expr, name: str, body: Callable[[Expr], Expr]) -> Expr:
+    """``body(value)`` with ``value`` bound once by a ``Let`` when it is not trivial.
+
+    Without this, nested requantizations (qadd has three) duplicate their operands exponentially and
+    TVM's simplifier takes minutes; the Let also keeps the emitted C readable.
+    """
+    if isinstance(value, (tirx.Var, tirx.IntImm)):
+        return body(value)
+    var = tirx.Var(name, dtype_of(value))
+    return tirx.Let(var, value, body(var))
+
+
 def _i64(v: IntOrExpr) -> Expr:
     v = as_expr(v)
     if isinstance(v, Expr):
@@ -63,16 +77,20 @@ def saturating_rounding_doubling_high_mul(a: IntOrExpr, b: IntOrExpr) -> Expr:
     TVM's simplifier wrongly folds the reference's ``a == INT32_MIN && b == INT32_MIN`` test to false.
     """
     a, b = as_expr(a), as_expr(b)
-    ab = _i64(a) * _i64(b)
-    nudge = tirx.Select(
-        ab >= tirx.const(0, "int64"),
-        tirx.const(1 << 30, "int64"),
-        tirx.const(1 - (1 << 30), "int64"),
-    )
-    q = tirx.truncdiv(ab + nudge, tirx.const(1 << 31, "int64"))
-    if (isinstance(a, int) and a != INT32_MIN) or (isinstance(b, int) and b != INT32_MIN):
+    saturate = not ((isinstance(a, int) and a != INT32_MIN) or (isinstance(b, int) and b != INT32_MIN))
+
+    def body(ab: Expr) -> Expr:
+        nudge = tirx.Select(
+            ab >= tirx.const(0, "int64"),
+            tirx.const(1 << 30, "int64"),
+            tirx.const(1 - (1 << 30), "int64"),
+        )
+        q = tirx.truncdiv(ab + nudge, tirx.const(1 << 31, "int64"))
+        if saturate:
+            q = tirx.min(q, tirx.const(INT32_MAX, "int64"))
         return q.astype("int32")
-    return tirx.min(q, tirx.const(INT32_MAX, "int64")).astype("int32")
+
+    return let(_i64(a) * _i64(b), "srdhm_ab", body)
 
 
 def rounding_divide_by_pot(x: IntOrExpr, exponent: IntOrExpr) -> Expr:
@@ -94,10 +112,13 @@ def rounding_divide_by_pot(x: IntOrExpr, exponent: IntOrExpr) -> Expr:
     else:
         e64 = _i64(exponent)
         mask = tirx.shift_left(tirx.const(1, "int64"), e64) - tirx.const(1, "int64")
-    x64 = _i64(x)
-    pos = tirx.Select(x >= tirx.const(0, "int32"), tirx.const(1, "int64"), tirx.const(0, "int64"))
-    nudge = tirx.shift_right(mask + pos, tirx.const(1, "int64"))
-    return tirx.shift_right(x64 + nudge, e64).astype("int32")
+
+    def body(xv: Expr) -> Expr:
+        pos = tirx.Select(xv >= tirx.const(0, "int32"), tirx.const(1, "int64"), tirx.const(0, "int64"))
+        nudge = tirx.shift_right(mask + pos, tirx.const(1, "int64"))
+        return tirx.shift_right(_i64(xv) + nudge, e64).astype("int32")
+
+    return let(x, "rdbpot_x", body)
 
 
 def _wrapping_shift_left(x: Expr, left: IntOrExpr) -> Expr:
@@ -121,9 +142,7 @@ def multiply_by_quantized_multiplier(x: IntOrExpr, mult: IntOrExpr, shift: IntOr
     zero = tirx.const(0, "int32")
     left = tirx.max(s, zero)
     right = tirx.max(zero - s, zero)
-    return rounding_divide_by_pot(
-        saturating_rounding_doubling_high_mul(_wrapping_shift_left(x, left), mult), right
-    )
+    return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(_wrapping_shift_left(x, left), mult), right)
 
 
 def pow2_requantize(x: IntOrExpr, shift: IntOrExpr) -> Expr:
@@ -159,6 +178,31 @@ def clamp(x: Expr, lo: IntOrExpr, hi: IntOrExpr) -> Expr:
     lo_e = lo if isinstance(lo, Expr) else tirx.const(lo, dt)
     hi_e = hi if isinstance(hi, Expr) else tirx.const(hi, dt)
     return tirx.min(tirx.max(x, lo_e), hi_e)
+
+
+def f32_const(value: float) -> Expr:
+    """A float32 immediate that survives TVM's C backend exactly.
+
+    The C codegen prints float immediates with ``%e`` (7 significant digits), which does not round-trip
+    every float32 (a scale like float32(1/255) would come back 1 ulp off on the device). Such values are
+    emitted as ``ldexpf(hi, e + 12) + ldexpf(lo, e)`` with 12-bit integer mantissa halves, which print
+    exactly and which both LLVM and gcc fold to the exact constant.
+    """
+    v = np.float32(value)
+    if not np.isfinite(v) or np.float32(f"{float(v):.6e}") == v:
+        return tirx.const(float(v), "float32")
+    frac, exp = np.frexp(np.float64(v))  # v = frac * 2^exp, |frac| in [0.5, 1)
+    mant = int(frac * 2**24)  # exact: a float32 mantissa has 24 bits
+    e = int(exp) - 24
+    sign = -1 if mant < 0 else 1
+    hi, lo = divmod(abs(mant), 1 << 12)
+
+    def part(m: int, k: int) -> Expr:
+        return tirx.ldexp(tirx.const(float(sign * m), "float32"), tirx.const(k, "int32"))
+
+    if lo == 0:
+        return part(hi, e + 12)
+    return part(hi, e + 12) + part(lo, e)
 
 
 def channel_param(p: te.Tensor | int | None, idx: Expr) -> IntOrExpr | None:

@@ -41,17 +41,20 @@ def qmax_pool2d(
 ) -> te.Tensor:
     """Max over the valid (non-padded) taps, then the activation clamp. padding = (top, left, bottom, right)."""
     (n, h, w, c), (kh, kw), (sh, sw), (pt, pl), (oh, ow) = _window(x, pool, strides, padding)
+    has_pad = any(int(p) for p in padding)
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")
 
     def f(b, i, j, k):
         yy = i * sh + ry - pt
         xx = j * sw + rx - pl
-        # Padded taps are skipped via `where`: no padded copy of the input is materialised.
-        valid = tirx.all(yy >= 0, yy < h, xx >= 0, xx < w) if (pt or pl or padding[2] or padding[3]) else None
-        if valid is None:
+        if not has_pad:
             return te.max(x[b, yy, xx, k], axis=[ry, rx])
-        return te.max(x[b, yy, xx, k], axis=[ry, rx], where=valid)
+        # Padded taps read as the int8 minimum (every window has a valid tap), guarded by if_then_else so
+        # no padded copy of the input is materialised. (TE's `where=` is silently dropped in TVM 0.27.)
+        valid = tirx.all(yy >= 0, yy < h, xx >= 0, xx < w)
+        low = tirx.const(-128 if dtype_of(x) == "int8" else 0, dtype_of(x))
+        return te.max(tirx.if_then_else(valid, x[b, yy, xx, k], low), axis=[ry, rx])
 
     m = te.compute((n, oh, ow, c), f, name=name + "_max")
     return te.compute((n, oh, ow, c), lambda *idx: clamp(m[idx], act_min, act_max), name=name)
@@ -82,7 +85,7 @@ def qavg_pool2d(
         if not has_pad:
             return te.sum(i32(x[b, yy, xx, k]), axis=[ry, rx])
         valid = tirx.all(yy >= 0, yy < h, xx >= 0, xx < w)
-        return te.sum(i32(x[b, yy, xx, k]), axis=[ry, rx], where=valid)
+        return te.sum(tirx.if_then_else(valid, i32(x[b, yy, xx, k]), tirx.const(0, "int32")), axis=[ry, rx])
 
     acc = te.compute((n, oh, ow, c), fsum, name=name + "_sum")
 
@@ -99,9 +102,7 @@ def qavg_pool2d(
         s = acc[b, i, j, k]
         cnt = count(i, j)
         half = tirx.truncdiv(cnt, tirx.const(2, "int32"))
-        avg = tirx.Select(
-            s > tirx.const(0, "int32"), tirx.truncdiv(s + half, cnt), tirx.truncdiv(s - half, cnt)
-        )
+        avg = tirx.Select(s > tirx.const(0, "int32"), tirx.truncdiv(s + half, cnt), tirx.truncdiv(s - half, cnt))
         return clamp(avg, act_min, act_max).astype(dtype_of(x))
 
     return te.compute((n, oh, ow, c), favg, name=name)

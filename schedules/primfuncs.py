@@ -55,8 +55,19 @@ def qconv2d_primfunc(
     mult = None if pow2 else te.placeholder((o,), "int32", name="mult")
     shift = te.placeholder((o,), "int32", name="shift")
     out = qconv2d(
-        data, weight, bias, mult, shift, strides=strides, padding=padding, dilation=dilation,
-        groups=groups, input_zp=input_zp, output_zp=output_zp, act_min=act_min, act_max=act_max,
+        data,
+        weight,
+        bias,
+        mult,
+        shift,
+        strides=strides,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        input_zp=input_zp,
+        output_zp=output_zp,
+        act_min=act_min,
+        act_max=act_max,
     )
     args = [data, weight] + ([bias] if bias is not None else []) + ([mult] if mult is not None else [])
     return _prim_func(args + [shift, out])
@@ -82,8 +93,15 @@ def qdense_primfunc(
     mult = None if pow2 else te.placeholder((o,), "int32", name="mult")
     shift = te.placeholder((o,), "int32", name="shift")
     out = qdense(
-        data, weight, bias, mult, shift, input_zp=input_zp, output_zp=output_zp,
-        act_min=act_min, act_max=act_max,
+        data,
+        weight,
+        bias,
+        mult,
+        shift,
+        input_zp=input_zp,
+        output_zp=output_zp,
+        act_min=act_min,
+        act_max=act_max,
     )
     args = [data, weight] + ([bias] if bias is not None else []) + ([mult] if mult is not None else [])
     return _prim_func(args + [shift, out])
@@ -113,9 +131,20 @@ def qadd_primfunc(
     a = te.placeholder(_shape(a_shape), "int8", name="a")
     b = te.placeholder(_shape(b_shape), "int8", name="b")
     out = qadd(
-        a, b, a_zp=a_zp, b_zp=b_zp, out_zp=out_zp, a_mult=a_mult, a_shift=a_shift, b_mult=b_mult,
-        b_shift=b_shift, out_mult=out_mult, out_shift=out_shift, left_shift=left_shift,
-        act_min=act_min, act_max=act_max,
+        a,
+        b,
+        a_zp=a_zp,
+        b_zp=b_zp,
+        out_zp=out_zp,
+        a_mult=a_mult,
+        a_shift=a_shift,
+        b_mult=b_mult,
+        b_shift=b_shift,
+        out_mult=out_mult,
+        out_shift=out_shift,
+        left_shift=left_shift,
+        act_min=act_min,
+        act_max=act_max,
     )
     return _prim_func([a, b, out])
 
@@ -132,9 +161,7 @@ def qrequantize_primfunc(
 ) -> tirx.PrimFunc:
     """Args: x int8, output int8 (same shape). ``mult=None`` is power-of-two requantization."""
     x = te.placeholder(_shape(shape), "int8", name="x")
-    out = qrequantize(
-        x, in_zp=in_zp, mult=mult, shift=shift, out_zp=out_zp, act_min=act_min, act_max=act_max
-    )
+    out = qrequantize(x, in_zp=in_zp, mult=mult, shift=shift, out_zp=out_zp, act_min=act_min, act_max=act_max)
     return _prim_func([x, out])
 
 
@@ -178,9 +205,7 @@ def qavg_pool2d_primfunc(
 ) -> tirx.PrimFunc:
     """Args: x int8 (N,H,W,C), output int8 (N,OH,OW,C). Global average pool: pool = (H, W), strides 1."""
     x = te.placeholder(_shape(shape), "int8", name="x")
-    out = qavg_pool2d(
-        x, pool, strides, padding, count_include_pad=count_include_pad, act_min=act_min, act_max=act_max
-    )
+    out = qavg_pool2d(x, pool, strides, padding, count_include_pad=count_include_pad, act_min=act_min, act_max=act_max)
     return _prim_func([x, out])
 
 
