@@ -151,7 +151,8 @@ class _Pad(onnx_frontend.OnnxOpConverter):
     @classmethod
     def _impl_v11(cls, bb, inputs, attr, params):
         pads, value = _input(inputs, 1), _input(inputs, 2)
-        if not isinstance(pads, tvm.ir.GenericConst) or (value is not None and not isinstance(value, tvm.ir.GenericConst)):
+        constant = tvm.ir.GenericConst
+        if not isinstance(pads, constant) or (value is not None and not isinstance(value, constant)):
             raise ModelLoadError("ONNX Pad with non-constant pads or value is not supported by tvmq")
         fill = float(value.value.numpy()) if value is not None else 0.0
         return cls._make(inputs[0], [int(p) for p in pads.value.numpy()], fill, attr)
