@@ -31,6 +31,20 @@ def _shape(s: Sequence[int]) -> tuple[int, ...]:
     return shape
 
 
+def _weight_params(weight_shape: Sequence[int], has_bias: bool, pow2: bool):
+    """Placeholders of a weighted op: weight int8, bias int32 (O,) or None, mult int32 (O,) or None, shift."""
+    o = int(weight_shape[0])
+    weight = te.placeholder(_shape(weight_shape), "int8", name="weight")
+    bias = te.placeholder((o,), "int32", name="bias") if has_bias else None
+    mult = None if pow2 else te.placeholder((o,), "int32", name="mult")
+    return weight, bias, mult, te.placeholder((o,), "int32", name="shift")
+
+
+def _present(*tensors: te.Tensor | None) -> list[te.Tensor]:
+    """The PrimFunc argument list of the optional parameters that exist, in order."""
+    return [t for t in tensors if t is not None]
+
+
 def qconv2d_primfunc(
     data_shape: Sequence[int],
     weight_shape: Sequence[int],
@@ -49,11 +63,7 @@ def qconv2d_primfunc(
     """Args: data int8 (N,H,W,C), weight int8 (O,KH,KW,C/groups), [bias int32 (O,)], [mult int32 (O,)
     unless pow2], shift int32 (O,), output int8 (N,OH,OW,O). padding = (top, left, bottom, right)."""
     data = te.placeholder(_shape(data_shape), "int8", name="data")
-    weight = te.placeholder(_shape(weight_shape), "int8", name="weight")
-    o = int(weight_shape[0])
-    bias = te.placeholder((o,), "int32", name="bias") if has_bias else None
-    mult = None if pow2 else te.placeholder((o,), "int32", name="mult")
-    shift = te.placeholder((o,), "int32", name="shift")
+    weight, bias, mult, shift = _weight_params(weight_shape, has_bias, pow2)
     out = qconv2d(
         data,
         weight,
@@ -69,8 +79,7 @@ def qconv2d_primfunc(
         act_min=act_min,
         act_max=act_max,
     )
-    args = [data, weight] + ([bias] if bias is not None else []) + ([mult] if mult is not None else [])
-    return _prim_func(args + [shift, out])
+    return _prim_func([data, *_present(weight, bias, mult, shift), out])
 
 
 def qdense_primfunc(
@@ -87,11 +96,7 @@ def qdense_primfunc(
     """Args: data int8 (N,K), weight int8 (O,K), [bias int32 (O,)], [mult int32 (O,) unless pow2],
     shift int32 (O,), output int8 (N,O). Per-tensor models pass mult/shift repeated O times."""
     data = te.placeholder(_shape(data_shape), "int8", name="data")
-    weight = te.placeholder(_shape(weight_shape), "int8", name="weight")
-    o = int(weight_shape[0])
-    bias = te.placeholder((o,), "int32", name="bias") if has_bias else None
-    mult = None if pow2 else te.placeholder((o,), "int32", name="mult")
-    shift = te.placeholder((o,), "int32", name="shift")
+    weight, bias, mult, shift = _weight_params(weight_shape, has_bias, pow2)
     out = qdense(
         data,
         weight,
@@ -103,8 +108,7 @@ def qdense_primfunc(
         act_min=act_min,
         act_max=act_max,
     )
-    args = [data, weight] + ([bias] if bias is not None else []) + ([mult] if mult is not None else [])
-    return _prim_func(args + [shift, out])
+    return _prim_func([data, *_present(weight, bias, mult, shift), out])
 
 
 def qadd_primfunc(
