@@ -103,8 +103,11 @@ def find_layers(func: relax.Function) -> list[Layer]:
                     layer.bias = bias.reshape(-1).astype(np.float32) + (layer.bias if layer.bias is not None else 0)
                     layer.members.append(nxt)
                     layer.output = nxt
-        if layer.kind in WEIGHTED_KINDS or layer.kind == "add" or layer.kind in POOL_KINDS.values() or (
-            layer.kind == "global_avg_pool"
+        if (
+            layer.kind in WEIGHTED_KINDS
+            or layer.kind == "add"
+            or layer.kind in POOL_KINDS.values()
+            or (layer.kind == "global_avg_pool")
         ):
             absorb_clamp(layer)
         layer.name = f"{layer.kind}_{counters[layer.kind]}"
@@ -122,8 +125,14 @@ def find_layers(func: relax.Function) -> list[Layer]:
 def _anchor_layer(var: relax.Var, value: relax.Expr, values: dict, problems: list[str]) -> Layer | None:
     def make(kind: str, inputs: list[relax.Var], **kw: Any) -> Layer:
         return Layer(
-            name="", kind=kind, inputs=inputs, output=var, out_shape=(), in_shapes=[shape_of(i) for i in inputs],
-            members=[var], **kw,
+            name="",
+            kind=kind,
+            inputs=inputs,
+            output=var,
+            out_shape=(),
+            in_shapes=[shape_of(i) for i in inputs],
+            members=[var],
+            **kw,
         )
 
     if isinstance(value, relax.Tuple | relax.TupleGetItem):

@@ -105,8 +105,14 @@ class _PadIntoConv(relax.PyExprMutator):
         op = relax.op.nn.conv2d if n == 2 else relax.op.nn.conv1d
         a = call.attrs
         return op(
-            self.visit_expr(pad.args[0]), self.visit_expr(call.args[1]), strides=a.strides, padding=before + after,
-            dilation=a.dilation, groups=a.groups, data_layout=a.data_layout, kernel_layout=a.kernel_layout,
+            self.visit_expr(pad.args[0]),
+            self.visit_expr(call.args[1]),
+            strides=a.strides,
+            padding=before + after,
+            dilation=a.dilation,
+            groups=a.groups,
+            data_layout=a.data_layout,
+            kernel_layout=a.kernel_layout,
             out_layout=a.out_layout,
         )
 
@@ -122,9 +128,7 @@ class FoldPadIntoConv:
 
 def to_channels_last() -> tvm.transform.Pass:
     """Convert convolutions (and, following them, pools and elementwise ops) to NWC/NHWC with OWI/OHWI weights."""
-    return relax.transform.ConvertLayout(
-        {"relax.nn.conv1d": ["NWC", "OWI"], "relax.nn.conv2d": ["NHWC", "OHWI"]}
-    )
+    return relax.transform.ConvertLayout({"relax.nn.conv1d": ["NWC", "OWI"], "relax.nn.conv2d": ["NHWC", "OHWI"]})
 
 
 def normalize() -> tvm.transform.Pass:

@@ -73,9 +73,7 @@ def _read_model(model: str | os.PathLike[str] | bytes | bytearray | memoryview) 
     if isinstance(model, bytes | bytearray | memoryview):
         return bytes(model), "<TFLite model bytes>"
     if not isinstance(model, str | os.PathLike):
-        raise ModelLoadError(
-            f"from_tflite expects a .tflite path or the file's bytes, got {type(model).__name__}"
-        )
+        raise ModelLoadError(f"from_tflite expects a .tflite path or the file's bytes, got {type(model).__name__}")
     path = Path(model)
     try:
         return path.read_bytes(), str(path)
@@ -117,9 +115,7 @@ def _parse(buf: bytes, label: str) -> Any:
     except ModelLoadError:
         raise
     except Exception as err:  # flatbuffers reports damage as struct/Index/Value/TypeErrors
-        raise ModelLoadError(
-            f"{bad} (the file is truncated or damaged: {type(err).__name__}: {err})"
-        ) from None
+        raise ModelLoadError(f"{bad} (the file is truncated or damaged: {type(err).__name__}: {err})") from None
     return model
 
 
@@ -155,9 +151,7 @@ def _is_quantized(t: Any) -> bool:
 def _refuse_full_integer(model: Any, sg: Any, label: str) -> None:
     """Full-integer models keep activations in int8; they need the pre-quantized import, not this one."""
     inputs = [int(i) for i in sg.InputsAsNumpy()]
-    runtime = inputs + [
-        i for i in range(sg.TensorsLength()) if not _is_constant(model, sg, i) and i not in inputs
-    ]
+    runtime = inputs + [i for i in range(sg.TensorsLength()) if not _is_constant(model, sg, i) and i not in inputs]
     for idx in runtime:
         t = sg.Tensors(idx)
         if t.Type() in _QUANT_INT_TYPES:
@@ -289,9 +283,7 @@ def _converter_class() -> type:
             for k, w in enumerate(wrappers):
                 values = self._dequantized.get(int(w.tensor_idx))
                 if values is not None:
-                    wrappers[k] = TensorWrapper(
-                        w.tensor_idx, _FloatTensor(w.tensor), _FloatBuffer(w.buffer, values)
-                    )
+                    wrappers[k] = TensorWrapper(w.tensor_idx, _FloatTensor(w.tensor), _FloatBuffer(w.buffer, values))
             return wrappers
 
         def convert_dequantize(self, op: Any) -> Any:
@@ -327,12 +319,8 @@ def from_tflite(model: str | os.PathLike[str] | bytes) -> tvm.IRModule:
         mod = tvm.relax.transform.FoldConstant()(mod)
     except TvmqError:
         raise
-    except (
-        Exception
-    ) as err:  # TVM reports unconvertible attributes as TVMError/OpNotImplemented/AssertionError
-        raise ModelLoadError(
-            f"TVM's TFLite frontend could not import '{label}': {type(err).__name__}: {err}"
-        ) from err
+    except Exception as err:  # TVM reports unconvertible attributes as TVMError/OpNotImplemented/AssertionError
+        raise ModelLoadError(f"TVM's TFLite frontend could not import '{label}': {type(err).__name__}: {err}") from err
     # Weights are already inlined as relax constants; the duplicate "params" attribute only holds copies.
     main = mod["main"]
     if main.attrs is not None and "params" in main.attrs:

@@ -81,6 +81,4 @@ def _load_npz(path: Path, what: str) -> np.ndarray:
             return archive[key]
     if len(keys) == 1:
         return archive[keys[0]]
-    raise CalibrationDataError(
-        f"{what} file '{path}' holds arrays {keys}; name the samples one of {list(NPZ_KEYS)}"
-    )
+    raise CalibrationDataError(f"{what} file '{path}' holds arrays {keys}; name the samples one of {list(NPZ_KEYS)}")

@@ -157,8 +157,9 @@ class QuantizedModel:
     def summary(self) -> str:
         """A table of the layers with totals and the peak activation memory."""
         rows = self.layer_stats()
-        header = (f"{'layer':<20}{'op':<16}{'output':<18}{'W':>3}{'A':>3}{'MACs':>10}{'BOPs':>13}"
-                  f"{'W bytes':>9}{'A bytes':>9}")
+        header = (
+            f"{'layer':<20}{'op':<16}{'output':<18}{'W':>3}{'A':>3}{'MACs':>10}{'BOPs':>13}{'W bytes':>9}{'A bytes':>9}"
+        )
         lines = [header, "-" * len(header)]
         for r in rows:
             lines.append(

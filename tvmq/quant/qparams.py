@@ -44,8 +44,12 @@ class QParams:
 
     def clamp_codes(self, low: float, high: float) -> tuple[int, int]:
         """The integer range of a fused activation clamp ``[low, high]`` (real values) on this grid."""
-        lo = self.qmin if low == -math.inf else max(self.qmin, int(round_half_away(low / self.scale)) + self.zero_point)
-        hi = self.qmax if high == math.inf else min(self.qmax, int(round_half_away(high / self.scale)) + self.zero_point)
+
+        def code(value: float) -> int:
+            return int(round_half_away(value / self.scale)) + self.zero_point
+
+        lo = self.qmin if low == -math.inf else max(self.qmin, code(low))
+        hi = self.qmax if high == math.inf else min(self.qmax, code(high))
         return lo, max(lo, hi)
 
 
@@ -91,10 +95,8 @@ def quantize_weights(
     if not per_channel:
         scales = np.repeat(scales, out_channels)
     qmax = weight_qmax(bits)
-    if bits == 1:
-        codes = np.where(flat >= 0, 1, -1)
-    else:
-        codes = np.clip(round_half_away(flat / scales[:, None]), -qmax, qmax)
+    binary = bits == 1  # 1-bit weights are the sign: +-1, never 0
+    codes = np.where(flat >= 0, 1, -1) if binary else np.clip(round_half_away(flat / scales[:, None]), -qmax, qmax)
     return codes.astype(np.int8).reshape(weight.shape), scales.astype(np.float64)
 
 
