@@ -47,9 +47,38 @@ class _Realizer:
         return self.bb.finalize()
 
     # -- helpers ---------------------------------------------------------------------------------------------
-    def _call(self, name: str, prim: tvm.tirx.PrimFunc, args: list, out_shape, dtype: str = "int8") -> relax.Var:
+    def _call(
+        self,
+        name: str,
+        prim: tvm.tirx.PrimFunc,
+        args: list,
+        out_shape,
+        dtype: str = "int8",
+        *,
+        op: str | None = None,
+        macs: int = 0,
+        inplace: tuple[int, ...] = (),
+    ) -> relax.Var:
+        """Emit ``call_tir``; the PrimFunc carries what code generation needs to know about the step:
+        ``tvmq.op``, ``tvmq.macs`` and ``tvmq.inplace`` (inputs the output may overwrite, element for element)."""
+        prim = prim.with_attrs({"tvmq.op": op or name, "tvmq.macs": int(macs), "tvmq.inplace": list(inplace)})
         gv = self.bb.add_func(prim, name)
         return self.bb.emit(relax.call_tir(gv, args, relax.TensorType(list(out_shape), dtype)), name)
+
+    def _layer_call(self, layer: Layer, prim: tvm.tirx.PrimFunc, args: list, out_shape=None, *,
+                    inplace: tuple[int, ...] = ()) -> relax.Var:  # fmt: skip
+        out_shape = layer.out_shape if out_shape is None else out_shape
+        return self._call(layer.name, prim, args, out_shape, op=layer.kind, macs=layer.macs, inplace=inplace)
+
+    def _transpose(self, x: relax.Expr, axes: list[int], name: str) -> relax.Expr:
+        """A transpose that only moves size-1 axes keeps the byte order: emit it as a reshape (free)."""
+        shape = [int(d) for d in x.ty.shape]
+        out_shape = [shape[a] for a in axes]
+        moved = [a for a in axes if shape[a] != 1]
+        if moved == sorted(moved):
+            return self._reshape(x, out_shape)
+        prim = S.qtranspose_primfunc(shape, axes=axes)
+        return self._call(name, prim, [x], out_shape, op="transpose")
 
     def _reshape(self, x: relax.Expr, shape) -> relax.Var:
         return self.bb.emit(relax.op.reshape(x, list(shape)))
@@ -81,7 +110,8 @@ class _Realizer:
             prim = S.qadd_primfunc(layer.in_shapes[0], layer.in_shapes[1], a_zp=a.zero_point, b_zp=b.zero_point,
                                    out_zp=lp.output.zero_point, act_min=lp.act_min, act_max=lp.act_max,
                                    **lp.params)  # fmt: skip
-            return self._call(layer.name, prim, inputs, layer.out_shape)
+            same = tuple(k for k, shape in enumerate(layer.in_shapes) if tuple(shape) == tuple(layer.out_shape))
+            return self._layer_call(layer, prim, inputs, inplace=same)
         if kind in ("max_pool2d", "max_pool1d", "avg_pool2d", "avg_pool1d"):
             return self._pool(layer, lp, inputs[0])
         if kind == "global_avg_pool":
@@ -92,20 +122,20 @@ class _Realizer:
             width = layer.attrs["pad_width"]
             prim = S.qpad_primfunc(layer.in_shapes[0], pad_before=width[0::2], pad_after=width[1::2],
                                    pad_value=lp.params["pad_code"])  # fmt: skip
-            return self._call(layer.name, prim, inputs, layer.out_shape)
+            return self._layer_call(layer, prim, inputs)
         if kind == "softmax":
             prim = S.qsoftmax_primfunc(layer.in_shapes[0], axis=-1)
-            return self._call(layer.name, prim, [inputs[0], relax.const(lp.params["lut"])], layer.out_shape)
+            return self._layer_call(layer, prim, [inputs[0], relax.const(lp.params["lut"])])
         if kind == "sigmoid":
             prim = S.qlut_primfunc(layer.in_shapes[0])
-            return self._call(layer.name, prim, [inputs[0], relax.const(lp.params["table"])], layer.out_shape)
+            return self._layer_call(layer, prim, [inputs[0], relax.const(lp.params["table"])], inplace=(0,))
         if kind == "clamp":
             prim = S.qclamp_primfunc(layer.in_shapes[0], lo=lp.act_min, hi=lp.act_max)
-            return self._call(layer.name, prim, inputs, layer.out_shape)
+            return self._layer_call(layer, prim, inputs, inplace=(0,))
         if kind == "reshape":
             return self._reshape(inputs[0], layer.out_shape)
         if kind == "transpose":
-            return self.bb.emit(relax.op.permute_dims(inputs[0], layer.attrs["axes"]))
+            return self._transpose(inputs[0], list(layer.attrs["axes"]), layer.name)
         raise AssertionError(f"layer kind {kind} has no realisation")  # find_layers only yields the kinds above
 
     def _weighted(self, layer: Layer, lp: LayerPlan, data, prim, weight: np.ndarray, out_shape) -> relax.Var:
@@ -115,7 +145,7 @@ class _Realizer:
         if lp.multiplier is not None:
             args.append(relax.const(lp.multiplier))
         args.append(relax.const(lp.shift))
-        return self._call(layer.name, prim, args, out_shape)
+        return self._layer_call(layer, prim, args, out_shape)
 
     def _conv(self, layer: Layer, lp: LayerPlan, data) -> relax.Expr:
         a = layer.attrs
@@ -133,7 +163,7 @@ class _Realizer:
             in_shape, weight.shape, has_bias=lp.bias is not None, strides=strides, padding=padding,
             dilation=dilation, groups=a["groups"], input_zp=lp.inputs[0].zero_point, output_zp=lp.output.zero_point,
             act_min=lp.act_min, act_max=lp.act_max, pow2=lp.multiplier is None,
-        )
+        )  # fmt: skip
         out = self._weighted(layer, lp, data, prim, weight, out_shape)
         return self._reshape(out, layer.out_shape) if layer.kind == "conv1d" else out
 
@@ -146,31 +176,31 @@ class _Realizer:
             in_shape, out_shape = (in_shape[0], 1, *in_shape[1:]), (out_shape[0], 1, *out_shape[1:])
             data = self._reshape(data, in_shape)
             pool, strides, padding = [1, pool[0]], [1, strides[0]], [0, padding[0], 0, padding[1]]
-        # ceil_mode: extend the bottom/right padding until the window count matches (padded taps never count).
-        for axis in range(2):
-            size = in_shape[1 + axis] + padding[axis] + padding[2 + axis]
-            need = (out_shape[1 + axis] - 1) * strides[axis] + pool[axis] - size
-            padding[2 + axis] += max(0, need)
-        kw = {"pool": pool, "strides": strides, "padding": padding, "act_min": lp.act_min, "act_max": lp.act_max}
+        kw = {"pool": pool, "strides": strides, "padding": padding, "ceil_mode": a["ceil_mode"],
+              "act_min": lp.act_min, "act_max": lp.act_max}  # fmt: skip
         if layer.kind.startswith("max"):
             prim = S.qmax_pool2d_primfunc(in_shape, **kw)
-        else:
-            prim = S.qavg_pool2d_primfunc(in_shape, count_include_pad=a["count_include_pad"], **kw)
-        out = self._call(layer.name, prim, [data], out_shape)
+        else:  # padded taps that count are real 0, i.e. the input zero point
+            prim = S.qavg_pool2d_primfunc(in_shape, count_include_pad=a["count_include_pad"],
+                                          pad_value=lp.inputs[0].zero_point, **kw)  # fmt: skip
+        kernel_shape = [int(d) for d in prim.params[-1].ty.shape]
+        if kernel_shape != [int(d) for d in out_shape]:  # S.pool_out_size rounds ceil_mode as TVM does
+            raise AssertionError(f"{layer.name}: pool kernel output {kernel_shape} != graph shape {list(out_shape)}")
+        out = self._layer_call(layer, prim, [data], out_shape)
         return self._reshape(out, layer.out_shape) if one_d else out
 
     def _global_avg_pool(self, layer: Layer, lp: LayerPlan, data) -> relax.Expr:
         shape = layer.in_shapes[0]
         if not layer.attrs["channels_last"]:
             axes = [0, *range(2, len(shape)), 1]
-            data = self.bb.emit(relax.op.permute_dims(data, axes))
+            data = self._transpose(data, axes, f"{layer.name}_to_nhwc")
             shape = tuple(shape[i] for i in axes)
         nhwc = shape if len(shape) == 4 else (shape[0], 1, shape[1], shape[2])
         if nhwc != shape:
             data = self._reshape(data, nhwc)
         prim = S.qavg_pool2d_primfunc(nhwc, pool=nhwc[1:3], strides=(1, 1), act_min=lp.act_min,
                                       act_max=lp.act_max)  # fmt: skip
-        out = self._call(layer.name, prim, [data], (nhwc[0], 1, 1, nhwc[3]))
+        out = self._layer_call(layer, prim, [data], (nhwc[0], 1, 1, nhwc[3]))
         return self._reshape(out, layer.out_shape)
 
     def _concat(self, layer: Layer, lp: LayerPlan, inputs: list) -> relax.Expr:
@@ -180,10 +210,11 @@ class _Realizer:
                 prim = S.qrequantize_primfunc(layer.in_shapes[k], in_zp=qp.zero_point, mult=rescale[0],
                                               shift=rescale[1], out_zp=lp.output.zero_point,
                                               act_min=lp.output.qmin, act_max=lp.output.qmax)  # fmt: skip
-                x = self._call(f"{layer.name}_rescale{k}", prim, [x], layer.in_shapes[k])
+                x = self._call(f"{layer.name}_rescale{k}", prim, [x], layer.in_shapes[k], op="requantize",
+                               inplace=(0,))  # fmt: skip
             parts.append(x)
         prim = S.qconcat_primfunc(layer.in_shapes, axis=layer.attrs["axis"])
-        return self._call(layer.name, prim, parts, layer.out_shape)
+        return self._layer_call(layer, prim, parts)
 
 
 def _shape(expr: relax.Expr) -> tuple[int, ...]:

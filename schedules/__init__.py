@@ -7,7 +7,7 @@ LUT softmax). This package depends only on tvm and numpy (no ``tvmq.*`` imports)
 """
 
 from .conv import conv_out_size, qconv2d
-from .data_movement import qconcat, qpad
+from .data_movement import qconcat, qpad, qtranspose
 from .dense import qdense
 from .elementwise import broadcast_shape, dequantize, qadd, qclamp, qlut, qrequantize, quantize
 from .fixed_point import (
@@ -31,6 +31,7 @@ from .primfuncs import (
     qpad_primfunc,
     qrequantize_primfunc,
     qsoftmax_primfunc,
+    qtranspose_primfunc,
     quantize_primfunc,
 )
 from .softmax import qsoftmax
@@ -58,6 +59,8 @@ __all__ = [
     "qsoftmax",
     "qpad",
     "qconcat",
+    "qtranspose",
+    "qtranspose_primfunc",
     "qconv2d_primfunc",
     "qdense_primfunc",
     "qadd_primfunc",

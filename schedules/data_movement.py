@@ -73,3 +73,20 @@ def qconcat(xs: Sequence[te.Tensor], axis: int = -1, *, name: str = "qconcat") -
         return expr
 
     return te.compute(tuple(out_shape), f, name=name)
+
+
+def qtranspose(x: te.Tensor, axes: Sequence[int], *, name: str = "qtranspose") -> te.Tensor:
+    """out[i_0, ..., i_n] = x[j] with j[axes[k]] = i_k (numpy.transpose semantics)."""
+    shape = [int(d) for d in x.shape]
+    axes = [int(a) + len(shape) if int(a) < 0 else int(a) for a in axes]
+    if sorted(axes) != list(range(len(shape))):
+        raise ValueError(f"qtranspose: axes {list(axes)} are not a permutation of {len(shape)} dimensions")
+    out_shape = tuple(shape[a] for a in axes)
+
+    def f(*idx: tirx.Var) -> tirx.PrimExpr:
+        src = [None] * len(shape)
+        for k, a in enumerate(axes):
+            src[a] = idx[k]
+        return x[tuple(src)]
+
+    return te.compute(out_shape, f, name=name)

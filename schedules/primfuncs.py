@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from tvm import te, tirx
 
 from .conv import qconv2d
-from .data_movement import qconcat, qpad
+from .data_movement import qconcat, qpad, qtranspose
 from .dense import qdense
 from .elementwise import dequantize, qadd, qclamp, qlut, qrequantize, quantize
 from .pool import qavg_pool2d, qmax_pool2d
@@ -188,12 +188,13 @@ def qmax_pool2d_primfunc(
     pool: Sequence[int],
     strides: Sequence[int],
     padding: Sequence[int] = (0, 0, 0, 0),
+    ceil_mode: bool = False,
     act_min: int = -128,
     act_max: int = 127,
 ) -> tirx.PrimFunc:
     """Args: x int8 (N,H,W,C), output int8 (N,OH,OW,C). padding = (top, left, bottom, right)."""
     x = te.placeholder(_shape(shape), "int8", name="x")
-    out = qmax_pool2d(x, pool, strides, padding, act_min=act_min, act_max=act_max)
+    out = qmax_pool2d(x, pool, strides, padding, ceil_mode=ceil_mode, act_min=act_min, act_max=act_max)
     return _prim_func([x, out])
 
 
@@ -203,13 +204,21 @@ def qavg_pool2d_primfunc(
     pool: Sequence[int],
     strides: Sequence[int],
     padding: Sequence[int] = (0, 0, 0, 0),
+    ceil_mode: bool = False,
     count_include_pad: bool = False,
+    pad_value: int = 0,
     act_min: int = -128,
     act_max: int = 127,
 ) -> tirx.PrimFunc:
-    """Args: x int8 (N,H,W,C), output int8 (N,OH,OW,C). Global average pool: pool = (H, W), strides 1."""
+    """Args: x int8 (N,H,W,C), output int8 (N,OH,OW,C). Global average pool: pool = (H, W), strides 1.
+
+    With ``count_include_pad`` the padded taps count as ``pad_value``: pass the input zero point (real 0).
+    """
     x = te.placeholder(_shape(shape), "int8", name="x")
-    out = qavg_pool2d(x, pool, strides, padding, count_include_pad=count_include_pad, act_min=act_min, act_max=act_max)
+    out = qavg_pool2d(
+        x, pool, strides, padding, ceil_mode=ceil_mode, count_include_pad=count_include_pad, pad_value=pad_value,
+        act_min=act_min, act_max=act_max,
+    )  # fmt: skip
     return _prim_func([x, out])
 
 
@@ -232,6 +241,12 @@ def qconcat_primfunc(shapes: Sequence[Sequence[int]], *, axis: int = -1) -> tirx
     """Args: x0, x1, ... int8 (one per shape), output int8 (concatenated along axis)."""
     xs = [te.placeholder(_shape(s), "int8", name=f"x{k}") for k, s in enumerate(shapes)]
     return _prim_func(xs + [qconcat(xs, axis)])
+
+
+def qtranspose_primfunc(shape: Sequence[int], *, axes: Sequence[int]) -> tirx.PrimFunc:
+    """Args: x int8, output int8 (permuted shape)."""
+    x = te.placeholder(_shape(shape), "int8", name="x")
+    return _prim_func([x, qtranspose(x, axes)])
 
 
 def quantize_primfunc(

@@ -100,6 +100,7 @@ def _bn(channels: int, seed: int = 7) -> dict:
 
 
 C2 = [1, 3, 8, 8]  # 2-D input
+C2_ODD = [1, 3, 7, 9]  # 2-D input, sizes not divisible by the stride
 C1 = [1, 3, 16]  # 1-D input
 F = [1, 16]  # dense input
 
@@ -119,6 +120,9 @@ CASES = {
                                ["transpose", "conv2d", "transpose"]),
     "conv2d_same_upper": (lambda: _conv_case(C2, (4, 3, 2, 2), auto_pad="SAME_UPPER", strides=[2, 2]), C2, False,
                           ["transpose", "conv2d", "transpose"]),
+    "conv2d_same_lower_dilation2": (lambda: _conv_case(C2, (4, 3, 2, 3), auto_pad="SAME_LOWER", strides=[2, 3],
+                                                       dilations=[2, 1]), C2, False,
+                                    ["transpose", "conv2d", "transpose"]),
     "conv2d_relu6": (lambda: _model(
         [_node("Conv", ["x", "w"], "c", pads=[1, 1, 1, 1]), _node("Clip", ["c", "lo", "hi"])],
         [("x", C2)], [("y", None)], {"w": _w(1, 4, 3, 3, 3), "lo": np.float32(0), "hi": np.float32(6.0)}),
@@ -176,6 +180,16 @@ CASES = {
     "avgpool2d_pads_include": (lambda: _pool_case("AveragePool", C2, kernel_shape=[3, 3], strides=[2, 2],
                                                   pads=[1, 1, 1, 1], count_include_pad=1), C2, False,
                                ["transpose", "conv2d", "avg_pool2d", "transpose"]),
+    "avgpool2d_ceil_include": (lambda: _pool_case("AveragePool", C2, kernel_shape=[3, 3], strides=[2, 2],
+                                                  pads=[1, 1, 1, 1], ceil_mode=1, count_include_pad=1), C2, False,
+                               ["transpose", "conv2d", "avg_pool2d", "transpose"]),
+    # odd sizes: ceil(7 / 2) outputs (TVM's own MaxPool converter takes floor for SAME_LOWER)
+    "maxpool2d_same_lower": (lambda: _pool_case("MaxPool", C2_ODD, kernel_shape=[3, 2], strides=[2, 2],
+                                                auto_pad="SAME_LOWER"), C2_ODD, False,
+                             ["transpose", "conv2d", "max_pool2d", "transpose"]),
+    "avgpool2d_same_upper_include": (lambda: _pool_case("AveragePool", C2_ODD, kernel_shape=[3, 3], strides=[2, 2],
+                                                        auto_pad="SAME_UPPER", count_include_pad=1), C2_ODD, False,
+                                     ["transpose", "conv2d", "avg_pool2d", "transpose"]),
     "maxpool1d_pads": (lambda: _pool_case("MaxPool", C1, kernel_shape=[3], strides=[2], pads=[1, 1]), C1, False,
                        ["transpose", "conv1d", "max_pool1d", "transpose"]),
     "avgpool1d_ceil_exclude": (lambda: _pool_case("AveragePool", C1, kernel_shape=[3], strides=[2], pads=[1, 0],
@@ -211,25 +225,6 @@ CASES = {
     "sigmoid": (lambda: _model([_node("Sigmoid", ["x"])], [("x", [1, 10])], [("y", None)]), [1, 10], False,
                 ["sigmoid"]),
 }  # fmt: skip
-
-# Known tvmq bugs (strict xfail: the test starts failing, i.e. must be un-marked, once the bug is fixed).
-KNOWN_BUGS = {
-    # tvm's ONNX Conv converter pads SAME_* inputs with an opaque TE call_tir (tvm.relax.frontend.common.autopad);
-    # tvmq swaps in converters for Clip and Pad only, so find_layers rejects 'relax.call_tir'.
-    "conv2d_same_upper": "Conv auto_pad=SAME_UPPER imports as call_tir(pad): UnsupportedOpError",
-    "conv1d_same_upper_bn_relu": "Conv auto_pad=SAME_UPPER imports as call_tir(pad): UnsupportedOpError",
-    # schedules/pool.py qavg_pool2d sums raw codes and counts padded taps as code 0 instead of the zero point,
-    # so with count_include_pad=1 every padded tap adds -zp * s (here ~3 LSB; ~100+ LSB for ReLU-range inputs).
-    "avgpool2d_pads_include": "avg pool count_include_pad=1 pads with code 0, not the input zero point",
-}
-
-
-def _cases(names) -> list:
-    return [
-        pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[n])) if n in KNOWN_BUGS else n
-        for n in sorted(names)
-    ]
-
 
 # Ops whose output codes must be the op applied to the input codes, bit for bit (same scale and zero point).
 BIT_EXACT = {
@@ -308,7 +303,7 @@ def _error_bound(qm) -> float:
     return err[qm.layers[-1].output]
 
 
-@pytest.mark.parametrize("name", _cases(CASES))
+@pytest.mark.parametrize("name", sorted(CASES))
 def test_op_matches_float_within_bound(name: str) -> None:
     qm, x = _quantized(name)
     assert [layer.kind for layer in qm.layers] == CASES[name][3], qm.summary()
@@ -326,7 +321,7 @@ def test_op_matches_float_within_bound(name: str) -> None:
     assert err <= bound + slack, f"max error {err:.4g} ({err / s:.2f} LSB) > bound {bound:.4g} ({bound / s:.2f} LSB)"
 
 
-@pytest.mark.parametrize("name", _cases(CASES))
+@pytest.mark.parametrize("name", sorted(CASES))
 def test_op_matches_simulation(name: str) -> None:
     """Integer graph vs fake-quant float graph with the same qparams: only fixed-point requantization differs.
 
@@ -358,6 +353,62 @@ def test_pad_value_code() -> None:
     code = qm.input_qparams.quantize(np.array([0.37]))[0]
     expected = np.pad(xq, [(0, 0), (1, 0), (0, 1), (1, 1)], constant_values=code)
     np.testing.assert_array_equal(qm.run_int(xq), expected)
+
+
+AUTO_PAD_MODELS = {
+    f"{op}_{mode}{suffix}": build
+    for mode in ("SAME_UPPER", "SAME_LOWER", "VALID")
+    for op, suffix, build in [
+        ("conv", "", lambda mode: _conv_case(C2_ODD, (4, 3, 2, 3), auto_pad=mode, strides=[2, 3])),
+        ("conv1d", "", lambda mode: _conv_case([1, 3, 11], (4, 3, 4), auto_pad=mode, strides=[3])),
+        ("maxpool", "", lambda mode: _pool_case("MaxPool", C2_ODD, kernel_shape=[3, 2], strides=[2, 2], auto_pad=mode)),
+        ("avgpool", "_include", lambda mode: _pool_case("AveragePool", C2_ODD, kernel_shape=[2, 3], strides=[2, 2],
+                                                        auto_pad=mode, count_include_pad=1)),
+        ("avgpool", "_exclude", lambda mode: _pool_case("AveragePool", C2_ODD, kernel_shape=[3, 3], strides=[2, 3],
+                                                        auto_pad=mode)),
+    ]
+}  # fmt: skip
+
+
+def _run_relax(mod, x: np.ndarray) -> np.ndarray:
+    import tvm
+    from tvm import relax
+
+    vm = relax.VirtualMachine(tvm.compile(mod, "llvm"), tvm.cpu())
+    return vm["main"](tvm.runtime.tensor(x)).numpy()
+
+
+@pytest.mark.parametrize("name", sorted(AUTO_PAD_MODELS))
+def test_auto_pad_import_matches_onnxruntime(name: str) -> None:
+    """auto_pad resolves into the explicit pads ONNX defines: the imported float graph equals onnxruntime's output
+    (shape included) and holds no opaque call_tir padding. The quantized cases above take TVM's float graph as the
+    reference, so they cannot check the padding itself."""
+    ort = pytest.importorskip("onnxruntime")
+    from tvmq.frontends.onnx import from_onnx
+
+    mode = next(m for m in ("SAME_UPPER", "SAME_LOWER", "VALID") if m in name)
+    model = AUTO_PAD_MODELS[name](mode)
+    shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    x = _inputs(shape, False)[:1]
+    mod = from_onnx(model)
+    assert "call_tir" not in mod["main"].script()
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    np.testing.assert_allclose(_run_relax(mod, x), expected[0], rtol=1e-5, atol=1e-5)
+
+
+def test_auto_pad_conv_with_dilation_matches_tvm() -> None:
+    """Dilated SAME_* Conv (onnxruntime refuses it): as TVM's own converter pads it, via its call_tir."""
+    from tvm import relax
+
+    from tvmq.frontends.onnx import from_onnx
+
+    x = _inputs(C2_ODD, False)[:1]
+    for mode, weight, strides, dilations in [("SAME_LOWER", (4, 3, 2, 3), [2, 3], [2, 3]),
+                                             ("SAME_UPPER", (4, 3, 3, 2), [1, 2], [3, 2])]:  # fmt: skip
+        model = _conv_case(C2_ODD, weight, auto_pad=mode, strides=strides, dilations=dilations)
+        tvm_own = relax.frontend.onnx.from_onnx(model, shape_dict={"x": C2_ODD}, keep_params_in_input=False)
+        assert "call_tir" in tvm_own["main"].script()  # still the reference this test means
+        np.testing.assert_allclose(_run_relax(from_onnx(model), x), _run_relax(tvm_own, x), rtol=1e-5, atol=1e-5)
 
 
 def test_every_supported_op_is_covered() -> None:

@@ -576,6 +576,64 @@ def test_qavg_pool2d(case, include_pad):
     np.testing.assert_array_equal(run(f, [x], expected.shape), expected)
 
 
+def ref_out_size(size, k, stride, lo, hi, ceil_mode):
+    """PyTorch's (and TVM's) pooling output size: ceil mode adds a window only if it starts before the end padding."""
+    span = size + lo + hi - k
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    return out - 1 if ceil_mode and (out - 1) * stride >= size + lo else out
+
+
+PAD_POOL_CASES = [
+    # shape, pool, strides, padding, ceil_mode
+    ((2, 7, 9, 4), (3, 3), (2, 2), (1, 1, 1, 1), False),
+    ((1, 6, 5, 2), (3, 2), (1, 2), (0, 1, 2, 0), False),
+    ((1, 8, 8, 3), (3, 3), (2, 2), (1, 1, 1, 1), True),  # last window overhangs the bottom/right padding by 1
+    ((1, 5, 6, 2), (2, 3), (2, 2), (0, 1, 0, 0), True),  # overhang without explicit bottom/right padding
+]
+
+
+@pytest.mark.parametrize("case", range(len(PAD_POOL_CASES)))
+@pytest.mark.parametrize("zp", [-128, -37, 0, 55])
+def test_qavg_pool2d_pads_with_zero_point(case, zp):
+    """count_include_pad: padded taps are real 0, i.e. code ``pad_value`` (the input zero point), and count; a
+    ceil_mode window's overhang past the explicit padding neither adds nor counts (ONNX/PyTorch/TVM).
+
+    Oracle: np.pad with the zero point, then each window sliced from the padded array (numpy slicing drops the
+    overhang) and averaged with exact round-half-away-from-zero integer arithmetic.
+    """
+    shape, pool, strides, padding, ceil_mode = PAD_POOL_CASES[case]
+    rng = np.random.default_rng(70 + case)
+    x = i8(rng, shape)
+    pt, pl, pb, pr = padding
+    xp = np.pad(x.astype(np.int64), [(0, 0), (pt, pb), (pl, pr), (0, 0)], constant_values=zp)
+    oh = ref_out_size(shape[1], pool[0], strides[0], pt, pb, ceil_mode)
+    ow = ref_out_size(shape[2], pool[1], strides[1], pl, pr, ceil_mode)
+    expected = np.zeros((shape[0], oh, ow, shape[3]), np.int64)
+    real_mean = np.zeros(expected.shape)  # the float average of (code - zp), padding as real 0
+    for i in range(oh):
+        for j in range(ow):
+            win = xp[:, i * strides[0] : i * strides[0] + pool[0], j * strides[1] : j * strides[1] + pool[1], :]
+            cnt = win.shape[1] * win.shape[2]
+            acc = win.sum(axis=(1, 2))
+            expected[:, i, j, :] = np.sign(acc) * ((2 * np.abs(acc) + cnt) // (2 * cnt))
+            real_mean[:, i, j, :] = (win - zp).mean(axis=(1, 2))
+    f = S.qavg_pool2d_primfunc(shape, pool=pool, strides=strides, padding=padding, ceil_mode=ceil_mode,
+                               count_include_pad=True, pad_value=zp)  # fmt: skip
+    got = run(f, [x], expected.shape)
+    np.testing.assert_array_equal(got, expected)
+    assert np.abs(got.astype(np.int64) - zp - real_mean).max() <= 0.5  # means what it should in real terms
+    # Without count_include_pad padding is skipped, whatever the pad value; ceil_mode's overhang is just more of
+    # it, so the floor-mode oracle on the padding extended to the window count agrees.
+    ext = (pt, pl, pb + max(0, (oh - 1) * strides[0] + pool[0] - shape[1] - pt - pb),
+           pr + max(0, (ow - 1) * strides[1] + pool[1] - shape[2] - pl - pr))  # fmt: skip
+    f = S.qavg_pool2d_primfunc(shape, pool=pool, strides=strides, padding=padding, ceil_mode=ceil_mode, pad_value=zp)
+    expected = ref_avg_pool(x, pool, strides, ext, False, -128, 127)
+    np.testing.assert_array_equal(run(f, [x], expected.shape), expected)
+    f = S.qmax_pool2d_primfunc(shape, pool=pool, strides=strides, padding=padding, ceil_mode=ceil_mode)
+    expected = ref_max_pool(x, pool, strides, ext, -128, 127)
+    np.testing.assert_array_equal(run(f, [x], expected.shape), expected)
+
+
 @pytest.mark.parametrize("hw", [(5, 10), (8, 8), (7, 7), (1, 3)])
 def test_global_avg_pool_exact(hw):
     """Full-window average (50, 64, 49, 3 taps) is exact, including ties (+-0.5 rounds away from 0)."""

@@ -49,7 +49,8 @@ def from_onnx(model: str | os.PathLike | onnx.ModelProto) -> tvm.IRModule:
     """
     proto, origin = load_onnx_proto(model)
     raise_if_unsupported(
-        "ONNX", [(n.op_type, n.name or (n.output[0] if n.output else "?")) for n in proto.graph.node],
+        "ONNX",
+        [(n.op_type, n.name or (n.output[0] if n.output else "?")) for n in proto.graph.node],
         SUPPORTED_ONNX_OPS,
     )
     _check_initializers(proto, origin)
@@ -67,9 +68,7 @@ def from_onnx(model: str | os.PathLike | onnx.ModelProto) -> tvm.IRModule:
     shape = _fixed_input_shape(inputs[0], origin)
     with _tvmq_converters():
         try:
-            mod = relax.frontend.onnx.from_onnx(
-                proto, shape_dict={inputs[0].name: shape}, keep_params_in_input=False
-            )
+            mod = relax.frontend.onnx.from_onnx(proto, shape_dict={inputs[0].name: shape}, keep_params_in_input=False)
         except TvmqError:
             raise
         except Exception as err:  # TVM's converters raise assorted types; the user needs file + reason only
@@ -170,6 +169,69 @@ class _Pad(onnx_frontend.OnnxOpConverter):
         return relax.op.nn.pad(data, width, "constant", value)
 
 
+class _ExplicitPads(onnx_frontend.OnnxOpConverter):
+    """TVM's own converter for ``tvm_op``, with ``auto_pad`` first resolved into explicit ``pads``.
+
+    TVM pads a SAME_* Conv input with an opaque TE ``call_tir`` that tvmq cannot see through (and computes the
+    output of a SAME_LOWER MaxPool with floor instead of ceil); explicit pads make every auto_pad mode an ordinary
+    padded conv/pool. Subclasses name the TVM converter; everything else stays TVM's.
+    """
+
+    tvm_op: type[onnx_frontend.OnnxOpConverter]
+
+    @classmethod
+    def get_converter(cls, opset):
+        convert = cls.tvm_op.get_converter(opset)
+
+        def impl(bb, inputs, attr, params):
+            return convert(bb, inputs, _resolve_auto_pad(inputs, attr), params)
+
+        return impl
+
+
+class _Conv(_ExplicitPads):
+    tvm_op = onnx_frontend.Conv
+
+
+class _MaxPool(_ExplicitPads):
+    tvm_op = onnx_frontend.MaxPool
+
+
+class _AveragePool(_ExplicitPads):
+    tvm_op = onnx_frontend.AveragePool
+
+
+def _resolve_auto_pad(inputs, attr: dict) -> dict:
+    """``attr`` with ``auto_pad`` SAME_UPPER/SAME_LOWER/VALID replaced by the explicit ``pads`` it means.
+
+    ONNX: SAME_* keeps ``ceil(size / stride)`` outputs with the total padding
+    ``max(0, (out - 1) * stride + (kernel - 1) * dilation + 1 - size)`` split in half, the odd one at the end
+    (SAME_UPPER) or at the beginning (SAME_LOWER); VALID pads nothing. Other values are left to TVM to reject.
+    """
+    mode = attr.get("auto_pad", b"NOTSET")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode not in ("SAME_UPPER", "SAME_LOWER", "VALID"):
+        return attr
+    try:
+        sizes = [int(d) for d in inputs[0].ty.shape.values[2:]]
+    except (AttributeError, TypeError):
+        raise ModelLoadError(f"ONNX auto_pad={mode} needs a static input shape, got {inputs[0].ty}") from None
+    rank = len(sizes)
+    kernel = [int(k) for k in attr.get("kernel_shape") or inputs[1].ty.shape.values[2:]]
+    strides = list(attr.get("strides", [1] * rank))
+    dilations = list(attr.get("dilations", [1] * rank))
+    begin, end = [], []
+    for size, k, stride, dilation in zip(sizes, kernel, strides, dilations, strict=True):
+        out = -(-size // stride)
+        total = 0 if mode == "VALID" else max(0, (out - 1) * stride + (k - 1) * dilation + 1 - size)
+        before = total - total // 2 if mode == "SAME_LOWER" else total // 2
+        begin.append(before)
+        end.append(total - before)
+    resolved = {key: value for key, value in attr.items() if key != "auto_pad"}
+    resolved["pads"] = begin + end
+    return resolved
+
+
 def _clamp(bb, data, low: float, high: float):
     if low == 0.0 and high == np.inf:
         return relax.op.nn.relu(data)
@@ -186,12 +248,12 @@ def _input(inputs, index: int):
 
 @contextlib.contextmanager
 def _tvmq_converters() -> Iterator[None]:
-    """Swap in tvmq's Clip/Pad converters for the duration of one import (TVM reads the map per import)."""
+    """Swap in tvmq's converters for the duration of one import (TVM reads the map per import)."""
     original = onnx_frontend._get_convert_map
 
     def patched():
         table = original()
-        table.update({"Clip": _Clip, "Pad": _Pad})
+        table.update({"Clip": _Clip, "Pad": _Pad, "Conv": _Conv, "MaxPool": _MaxPool, "AveragePool": _AveragePool})
         return table
 
     onnx_frontend._get_convert_map = patched
