@@ -26,3 +26,19 @@ class CalibrationDataError(TvmqError):
 
 class InvalidTensorError(TvmqError):
     """A model tensor (weight, bias, parameter) holds NaN/Inf or otherwise unusable values."""
+
+
+class TargetError(ConfigError):
+    """A target string, dict or ``tvm.target.Target`` names an unknown kind or core."""
+
+
+class ToolchainError(TvmqError):
+    """The Cortex-M cross compiler, binutils or QEMU is missing or failed; the message says how to install or fix."""
+
+
+class DeviceError(TvmqError):
+    """A program on the device (QEMU or a board) hung, crashed or returned malformed results."""
+
+
+class ExportError(TvmqError):
+    """An artifact could not be written (unwritable or non-empty output directory, disk full, ...)."""

@@ -1,0 +1,129 @@
+"""Static memory plan: every activation gets a fixed offset in one arena, decided at compile time.
+
+Lifetimes come from the execution order (a buffer lives from the step that writes it to the last step that reads
+it, through reshape aliases). Offsets are placed greedy-by-size, largest first, each at the lowest offset that
+does not overlap a buffer alive at the same time, as TensorFlow Lite Micro's ``GreedyMemoryPlanner`` does.
+Elementwise kernels marked ``tvmq.inplace`` write over their input when that input dies at the same step.
+The model's input and output are the caller's buffers and never take arena space.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .graph import Program, Tensor
+
+ALIGNMENT = 16  # bytes: word loads of int8 SIMD kernels, and cache lines on Cortex-M7
+
+
+def _align(n: int) -> int:
+    return (n + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT
+
+
+@dataclass(eq=False)
+class Buffer:
+    """An arena region shared by one or more tensors (aliases and in-place results)."""
+
+    tensors: list[Tensor]
+    nbytes: int
+    first: int  # step writing it
+    last: int  # last step reading it
+    offset: int = -1
+
+    def overlaps_in_time(self, other: Buffer) -> bool:
+        return self.first <= other.last and other.first <= self.last
+
+
+@dataclass
+class MemoryPlan:
+    buffers: list[Buffer]
+    arena_bytes: int
+    lower_bound_bytes: int  # max over steps of the bytes alive at that step: no plan can use less
+    location: dict[Tensor, tuple[str, int]]  # tensor -> ("arena", offset) | ("input", 0) | ("output", 0) | ("const", 0)
+
+    @property
+    def ratio(self) -> float:
+        return self.arena_bytes / self.lower_bound_bytes if self.lower_bound_bytes else 1.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "arena_bytes": self.arena_bytes,
+            "lower_bound_bytes": self.lower_bound_bytes,
+            "arena_to_lower_bound": round(self.ratio, 4),
+            "alignment": ALIGNMENT,
+            "buffers": [
+                {"tensors": [t.name for t in b.tensors], "bytes": b.nbytes, "offset": b.offset,
+                 "first_step": b.first, "last_step": b.last}
+                for b in sorted(self.buffers, key=lambda b: b.offset)
+            ],
+        }  # fmt: skip
+
+
+def plan_memory(program: Program) -> MemoryPlan:
+    """Lifetimes from the step order, in-place merges, then greedy-by-size offsets."""
+    output_storage = program.storage(program.output)
+    buffer_of: dict[Tensor, Buffer] = {}
+    buffers: list[Buffer] = []
+    for index, step in enumerate(program.steps):
+        for t in step.inputs:
+            owner = buffer_of.get(program.storage(t))
+            if owner is not None:
+                owner.last = max(owner.last, index)
+        out = step.output
+        if out is output_storage:
+            continue
+        shared = _inplace_buffer(program, step, index, buffer_of, output_storage)
+        if shared is not None:
+            shared.tensors.append(out)
+            buffer_of[out] = shared
+            continue
+        buf = Buffer([out], out.nbytes, index, index)
+        buffers.append(buf)
+        buffer_of[out] = buf
+    _place_greedy_by_size(buffers)
+    location: dict[Tensor, tuple[str, int]] = {}
+    for t in {program.storage(x) for s in program.steps for x in (*s.inputs, s.output)}:
+        if t.kind in ("input", "const"):
+            location[t] = (t.kind, 0)
+        elif t is output_storage:
+            location[t] = ("output", 0)
+        else:
+            location[t] = ("arena", buffer_of[t].offset)
+    arena = max((b.offset + _align(b.nbytes) for b in buffers), default=0)
+    return MemoryPlan(buffers, arena, _lower_bound(buffers, len(program.steps)), location)
+
+
+def _inplace_buffer(program: Program, step, index: int, buffer_of: dict, output_storage: Tensor) -> Buffer | None:
+    """The input buffer this step may overwrite: marked in-place-safe, same size, and read by no later step."""
+    allowed = step.attrs.get("tvmq.inplace")
+    if allowed is None:
+        return None
+    for k in allowed:
+        source = program.storage(step.inputs[int(k)])
+        buf = buffer_of.get(source)
+        if buf is None or source is output_storage or buf.nbytes != step.output.nbytes:
+            continue
+        later_readers = (
+            any(program.storage(t) is source for s in program.steps[index + 1 :] for t in s.inputs)
+            or program.storage(program.output) is source
+        )
+        if not later_readers:
+            return buf
+    return None
+
+
+def _place_greedy_by_size(buffers: list[Buffer]) -> None:
+    placed: list[Buffer] = []
+    for buf in sorted(buffers, key=lambda b: (-b.nbytes, b.first)):
+        offset = 0
+        for other in sorted((p for p in placed if p.overlaps_in_time(buf)), key=lambda p: p.offset):
+            if offset + buf.nbytes <= other.offset:
+                break
+            offset = max(offset, other.offset + _align(other.nbytes))
+        buf.offset = offset
+        placed.append(buf)
+
+
+def _lower_bound(buffers: list[Buffer], num_steps: int) -> int:
+    return max((sum(b.nbytes for b in buffers if b.first <= s <= b.last) for s in range(num_steps)), default=0)
