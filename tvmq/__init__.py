@@ -1,16 +1,23 @@
 """tvmq: low-bit and non-linear quantization for microcontrollers, as an Apache TVM plugin.
 
 Pipeline: ``from_onnx``/``from_tflite`` (float Relax) -> ``quantize`` (normalise, calibrate, realise integer ops)
--> ``QuantizedModel`` (host execution, simulation, summary).
+-> ``QuantizedModel`` (host execution, simulation, summary) -> ``build`` (standalone C for a Cortex-M core)
+-> ``tvmq.qemu.run`` (= ``tvmq.device.run``: bit-exact check and instruction counts on QEMU boards).
 """
 
-from . import examples
+from . import device, examples
+from .codegen import Artifact, build
 from .config import QuantConfig
+from .device import qemu
 from .errors import (
     CalibrationDataError,
     ConfigError,
+    DeviceError,
+    ExportError,
     InvalidTensorError,
     ModelLoadError,
+    TargetError,
+    ToolchainError,
     TvmqError,
     UnsupportedOpError,
 )
@@ -21,17 +28,25 @@ from .quant.quantize import quantize
 __version__ = "0.1.0"
 
 __all__ = [
+    "Artifact",
     "CalibrationDataError",
     "ConfigError",
+    "DeviceError",
+    "ExportError",
     "InvalidTensorError",
     "ModelLoadError",
     "QuantConfig",
     "QuantizedModel",
+    "TargetError",
+    "ToolchainError",
     "TvmqError",
     "UnsupportedOpError",
+    "build",
+    "device",
     "examples",
     "from_onnx",
     "from_tflite",
     "load_model",
+    "qemu",
     "quantize",
 ]

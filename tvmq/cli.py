@@ -5,57 +5,104 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from . import examples
+from .codegen import build
 from .config import OBSERVERS, QuantConfig
-from .errors import TvmqError
+from .errors import CalibrationDataError, TvmqError
 from .quant.quantize import quantize
+from .target import CORES, parse_target
+
+DEFAULT_TARGET = "c -mcpu=cortex-m4"
 
 
 def _accuracy(outputs: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.argmax(outputs.reshape(len(outputs), -1), axis=1) == labels))
 
 
+def _status(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# -- demo ------------------------------------------------------------------------------------------------------------
+def demo_one(name: str, target: str, board: str, samples: int | None, opt: str) -> dict[str, Any]:
+    """Example model -> int8 -> C for the target -> QEMU board: accuracies, bit-exactness, memory, instructions."""
+    from .device import qemu
+
+    example = examples.load(name)
+    _status(f"== {name}: {example.description}")
+    qmodel = quantize(example.model_path, example.calibration, QuantConfig())
+    x, y = example.x_test[:samples], example.y_test[:samples]
+    host_codes = qmodel.run_int(qmodel.quantize_input(x))
+    host_accuracy = _accuracy(qmodel.dequantize_output(host_codes), y)
+    _status(f"building C for {target}")
+    artifact = build(qmodel, target=target, name=name)
+    _status(f"running {len(x)} samples on QEMU {board}")
+    device = qemu.run(artifact, x.astype(np.float32), board=board, opt=opt)
+    plan = artifact.plan
+    return {
+        "model": name, "target": target, "board": board, "samples": int(len(x)),
+        "float_accuracy": float(_accuracy(qmodel.run_float(x), y)), "host_accuracy": host_accuracy,
+        "device_accuracy": _accuracy(device.outputs, y),
+        "bit_exact": bool(np.array_equal(device.raw_outputs, host_codes)),
+        "flash_bytes": device.memory.flash_bytes, "sram_bytes": device.memory.sram_bytes,
+        "weights_bytes": device.memory.weights_bytes, "arena_bytes": plan.arena_bytes,
+        "arena_lower_bound_bytes": plan.lower_bound_bytes, "arena_to_lower_bound": round(plan.ratio, 4),
+        "instructions_per_inference": device.instructions, "macs": artifact.metadata["macs"],
+        "instructions_per_mac": round(device.instructions / max(artifact.metadata["macs"], 1), 3),
+        "steps": device.steps, "note": device.note,
+    }  # fmt: skip
+
+
+def _demo_table(results: list[dict[str, Any]]) -> str:
+    rows = [("float accuracy", "float_accuracy", "{:.4f}"), ("host int8 accuracy", "host_accuracy", "{:.4f}"),
+            ("device int8 accuracy", "device_accuracy", "{:.4f}"), ("bit_exact", "bit_exact", "{}"),
+            ("flash bytes", "flash_bytes", "{:,}"), ("sram bytes", "sram_bytes", "{:,}"),
+            ("arena bytes", "arena_bytes", "{:,}"), ("arena / lower bound", "arena_to_lower_bound", "{:.3f}"),
+            ("instructions/inference", "instructions_per_inference", "{:,}"),
+            ("instructions/MAC", "instructions_per_mac", "{:.2f}")]  # fmt: skip
+    width = 16
+    lines = [f"{'':<26}" + "".join(f"{r['model']:>{width}}" for r in results),
+             f"{'target':<26}" + "".join(f"{r['target'].split('=')[-1]:>{width}}" for r in results),
+             f"{'board (QEMU)':<26}" + "".join(f"{r['board']:>{width}}" for r in results)]  # fmt: skip
+    for label, key, fmt in rows:
+        cells = []
+        for r in results:
+            value = ("yes" if r[key] else "NO") if key == "bit_exact" else r[key]
+            cells.append(f"{fmt.format(value):>{width}}")
+        lines.append(f"{label:<26}" + "".join(cells))
+    lines.append("(instructions counted by QEMU with -icount shift=0; QEMU does not model cycles)")
+    return "\n".join(lines)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Quantize the example models to int8 and report float vs integer accuracy on the host."""
-    results = []
-    for name in args.models:
-        example = examples.load(name)
-        print(f"== {name}: {example.description}", file=sys.stderr)
-        start = time.perf_counter()
-        qmodel = quantize(example.model_path, example.calibration, QuantConfig())
-        seconds = time.perf_counter() - start
-        host = _accuracy(qmodel.predict(example.x_test), example.y_test)
-        agreement = qmodel.int_vs_simulated(example.x_test)
-        print(qmodel.summary())
-        results.append({
-            "model": name, "float_accuracy": example.float_accuracy, "host_accuracy": host,
-            "test_samples": int(len(example.y_test)), "int_vs_simulated": agreement,
-            "weight_bytes": sum(r["weight_bytes"] for r in qmodel.layer_stats()),
-            "peak_activation_bytes": qmodel.peak_activation_bytes(), "quantize_seconds": round(seconds, 2),
-        })  # fmt: skip
+    """The main job: example models -> int8 -> C for Cortex-M -> QEMU, bit-exact against the host."""
+    results = [demo_one(m, args.target, args.board, args.samples, args.opt) for m in args.models]
     print()
-    print(f"{'model':<14}{'float acc':>10}{'int8 acc':>10}{'>1 LSB vs sim':>15}{'weights B':>11}{'peak act B':>12}")
+    print(_demo_table(results))
     for r in results:
-        print(f"{r['model']:<14}{r['float_accuracy']:>10.4f}{r['host_accuracy']:>10.4f}"
-              f"{r['int_vs_simulated']['fraction_over_1_lsb']:>15.4f}{r['weight_bytes']:>11}"
-              f"{r['peak_activation_bytes']:>12}")  # fmt: skip
+        print(f"{r['model']}: bit_exact: {'yes' if r['bit_exact'] else 'no'}")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
-    return 0
+        payload = results[0] if len(results) == 1 else results
+        Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
+    return 0 if all(r["bit_exact"] for r in results) else 1
+
+
+# -- quantize / build / run ------------------------------------------------------------------------------------------
+def _config(args: argparse.Namespace) -> QuantConfig:
+    return QuantConfig(
+        weight_bits=args.weight_bits, act_bits=args.act_bits, weight_observer=args.weight_observer,
+        act_observer=args.act_observer, per_channel=not args.per_tensor, pow2_scales=args.pow2,
+    )  # fmt: skip
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     """Quantize a model file and print its layer summary (and optionally its accuracy on labelled data)."""
-    config = QuantConfig(
-        weight_bits=args.weight_bits, act_bits=args.act_bits, weight_observer=args.weight_observer,
-        act_observer=args.act_observer, per_channel=not args.per_tensor, pow2_scales=args.pow2,
-    )  # fmt: skip
-    qmodel = quantize(args.model, args.calib, config)
+    qmodel = quantize(args.model, args.calib, _config(args))
     print(qmodel.summary())
     if args.test:
         data = np.load(args.test)
@@ -63,24 +110,103 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build(args: argparse.Namespace) -> int:
+    """Quantize a model and write its standalone C library."""
+    parse_target(args.target)  # a typo in the target fails before minutes of calibration
+    qmodel = quantize(args.model, args.calib, _config(args))
+    name = args.name or Path(args.model).stem
+    _status(f"building C for {args.target}")
+    artifact = build(qmodel, target=args.target, name=name)
+    out = artifact.export(args.output, overwrite=args.force)
+    plan = artifact.plan
+    print(qmodel.summary())
+    print(f"wrote {out}: model.c, model.h, tvmq_runtime.h, tvmq.mk, tvmq.cmake, metadata.json")
+    print(f"weights {artifact.metadata['weights_bytes']:,} B (flash), arena {plan.arena_bytes:,} B (RAM; "
+          f"lower bound {plan.lower_bound_bytes:,} B, ratio {plan.ratio:.3f})")  # fmt: skip
+    return 0
+
+
+def _load_inputs(path: str) -> np.ndarray:
+    file = Path(path)
+    if not file.is_file():
+        raise CalibrationDataError(f"input file {path} does not exist")
+    if file.suffix != ".npy":
+        raise CalibrationDataError(f"input file {path}: expected a .npy array (int8 codes or float32 values)")
+    try:
+        return np.load(file)
+    except ValueError as err:
+        raise CalibrationDataError(f"input file {path} is not a readable .npy array: {err}") from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run an exported library on a QEMU board; print instructions and memory, optionally save outputs."""
+    from .device import qemu
+
+    result = qemu.run(args.artifact, _load_inputs(args.input), board=args.board, opt=args.opt, timeout=args.timeout)
+    print(result.table())
+    print(result.memory.table())
+    if args.output:
+        np.save(args.output, result.raw_outputs)
+        _status(f"wrote raw int8 outputs {result.raw_outputs.shape} to {args.output}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    return 0
+
+
+# -- parser ----------------------------------------------------------------------------------------------------------
+def _add_quant_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="float model file (.onnx or .tflite)")
+    p.add_argument("--calib", required=True, help="calibration samples (.npy, or .npz with 'calibration'/'x')")
+    p.add_argument("--weight-bits", type=int, default=8)
+    p.add_argument("--act-bits", type=int, default=8)
+    p.add_argument("--weight-observer", choices=OBSERVERS, default="minmax")
+    p.add_argument("--act-observer", choices=OBSERVERS, default="minmax")
+    p.add_argument("--per-tensor", action="store_true", help="per-tensor instead of per-channel weight scales")
+    p.add_argument("--pow2", action="store_true", help="power-of-two scales (shift-only requantization)")
+
+
+def _boards() -> list[str]:
+    from .device import BOARDS
+
+    return sorted(BOARDS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tvmq", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="quantize the example models and report accuracies")
-    demo.add_argument("--models", nargs="+", default=["digits", "basicmotions"], choices=examples.available())
-    demo.add_argument("--json", help="also write the results to this JSON file")
+    cores = ", ".join(CORES)
+
+    demo = sub.add_parser("demo", help="example model -> int8 -> C -> QEMU: accuracy, bit-exactness, size, speed")
+    demo.add_argument("--models", nargs="+", default=["digits"], choices=examples.available())
+    demo.add_argument("--target", default=DEFAULT_TARGET, help=f"C target (cores: {cores})")
+    demo.add_argument("--board", default="mps2-an386", choices=_boards())
+    demo.add_argument("--opt", default="-O2", choices=["-O2", "-Os"], help="device compiler optimisation")
+    demo.add_argument("--samples", type=int, default=None, help="test samples to run (default: all)")
+    demo.add_argument("--json", help="write the results as JSON (an object; a list for several models)")
     demo.set_defaults(func=cmd_demo)
-    q = sub.add_parser("quantize", help="quantize a .onnx/.tflite model with calibration data")
-    q.add_argument("model", help="float model file (.onnx or .tflite)")
-    q.add_argument("--calib", required=True, help="calibration samples (.npy or .npz)")
-    q.add_argument("--weight-bits", type=int, default=8)
-    q.add_argument("--act-bits", type=int, default=8)
-    q.add_argument("--weight-observer", choices=OBSERVERS, default="minmax")
-    q.add_argument("--act-observer", choices=OBSERVERS, default="minmax")
-    q.add_argument("--per-tensor", action="store_true", help="per-tensor instead of per-channel weight scales")
-    q.add_argument("--pow2", action="store_true", help="power-of-two scales (shift-only requantization)")
+
+    q = sub.add_parser("quantize", help="quantize a .onnx/.tflite model and print its layer summary")
+    _add_quant_options(q)
     q.add_argument("--test", help=".npz with x_test and y_test to report int8 accuracy")
     q.set_defaults(func=cmd_quantize)
+
+    b = sub.add_parser("build", help="quantize a model and write its standalone C library")
+    _add_quant_options(b)
+    b.add_argument("--target", default=DEFAULT_TARGET, help=f'e.g. "c -mcpu=cortex-m4" (cores: {cores})')
+    b.add_argument("-o", "--output", required=True, help="output directory (written atomically)")
+    b.add_argument("--name", help="C name of the model (default: the model file's stem)")
+    b.add_argument("--force", action="store_true", help="replace a non-empty output directory")
+    b.set_defaults(func=cmd_build)
+
+    r = sub.add_parser("run", help="run an exported library on a QEMU Cortex-M board")
+    r.add_argument("artifact", help="directory written by `tvmq build`")
+    r.add_argument("--input", required=True, help=".npy: int8 codes or float32 values, (N, ...) or one sample")
+    r.add_argument("--board", default="mps2-an386", choices=_boards())
+    r.add_argument("--opt", default="-O2", choices=["-O2", "-Os"])
+    r.add_argument("--timeout", type=float, default=None, help="seconds before QEMU counts as hung")
+    r.add_argument("--output", help="save the raw int8 outputs to this .npy")
+    r.add_argument("--json", help="write instructions, per-step counts and memory as JSON")
+    r.set_defaults(func=cmd_run)
     return parser
 
 
