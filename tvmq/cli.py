@@ -52,6 +52,7 @@ def demo_one(name: str, target: str, board: str, samples: int | None, opt: str) 
         "flash_bytes": device.memory.flash_bytes, "sram_bytes": device.memory.sram_bytes,
         "weights_bytes": device.memory.weights_bytes, "arena_bytes": plan.arena_bytes,
         "arena_lower_bound_bytes": plan.lower_bound_bytes, "arena_to_lower_bound": round(plan.ratio, 4),
+        "stack_peak_bytes": device.stack_peak_bytes,
         "instructions_per_inference": device.instructions, "macs": artifact.metadata["macs"],
         "instructions_per_mac": round(device.instructions / max(artifact.metadata["macs"], 1), 3),
         "steps": device.steps, "note": device.note,
@@ -63,6 +64,7 @@ def _demo_table(results: list[dict[str, Any]]) -> str:
             ("device int8 accuracy", "device_accuracy", "{:.4f}"), ("bit_exact", "bit_exact", "{}"),
             ("flash bytes", "flash_bytes", "{:,}"), ("sram bytes", "sram_bytes", "{:,}"),
             ("arena bytes", "arena_bytes", "{:,}"), ("arena / lower bound", "arena_to_lower_bound", "{:.3f}"),
+            ("stack peak bytes", "stack_peak_bytes", "{:,}"),
             ("instructions/inference", "instructions_per_inference", "{:,}"),
             ("instructions/MAC", "instructions_per_mac", "{:.2f}")]  # fmt: skip
     width = 16

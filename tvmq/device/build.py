@@ -16,7 +16,8 @@ from .boards import DEFAULT_BOARD, FIRMWARE_DIR, Board, check_core, get_board
 from .toolchain import GCC, find_tool, run_tool
 
 OPT_LEVELS = ("-O2", "-Os")
-DEFAULT_STACK_BYTES = 16 * 1024
+# A typical Cortex-M application stack; the MPU guard turns an overflow into an error naming stack_bytes.
+DEFAULT_STACK_BYTES = 4 * 1024
 COMMON_CFLAGS = ("-std=c11", "-Wall", "-ffunction-sections", "-fdata-sections", "--specs=nano.specs")
 ELF_NAME, MAP_NAME, MODEL_OBJECT = "app.elf", "app.map", "model.o"
 # Room for marks beyond 2 per step (a step may be entered more than once); overflow is reported, never silent.
