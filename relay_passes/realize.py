@@ -1,7 +1,10 @@
 """Realise the quantization plan: float layers -> ``R.call_tir`` of integer PrimFuncs from ``tvmq.schedules``.
 
-The result has three functions: ``main`` (int8 in -> int8 out, integer-only), ``quantize_input`` (float -> int8)
-and ``dequantize_output`` (int8 -> float). The PrimFuncs are the single definition of tvmq's integer arithmetic:
+The result has three functions: ``main`` (int8 in -> int8 out, integer-only), ``quantize_input`` (float -> int8,
+``nl_quantize`` with an input codebook) and ``dequantize_output`` (int8 -> float). Tensors with an activation
+codebook travel between layers as packed b-bit codes (uint8): conv/dense decode them through the table and
+produce them by LUT-requantize; max pool, reshape and transpose move codes; any other op reads them decoded.
+The PrimFuncs are the single definition of tvmq's integer arithmetic:
 the host (LLVM) and the device (C) both build from them.
 """
 
@@ -12,8 +15,9 @@ import tvm
 from tvm import relax
 
 from .. import schedules as S
-from ..quant.plan import LayerPlan, QuantPlan
-from .layers import Layer
+from ..quant.codebooks import nl_quantize_thresholds
+from ..quant.plan import ActCodebook, LayerPlan, QuantPlan
+from .layers import WEIGHTED_KINDS, Layer
 
 
 def RealizeIntegerOps(layers: list[Layer], plan: QuantPlan) -> tvm.transform.Pass:  # noqa: N802
@@ -65,20 +69,23 @@ class _Realizer:
         gv = self.bb.add_func(prim, name)
         return self.bb.emit(relax.call_tir(gv, args, relax.TensorType(list(out_shape), dtype)), name)
 
-    def _layer_call(self, layer: Layer, prim: tvm.tirx.PrimFunc, args: list, out_shape=None, *,
-                    inplace: tuple[int, ...] = ()) -> relax.Var:  # fmt: skip
+    def _layer_call(self, layer: Layer, prim: tvm.tirx.PrimFunc, args: list, out_shape=None, dtype: str = "int8",
+                    *, inplace: tuple[int, ...] = ()) -> relax.Var:  # fmt: skip
         out_shape = layer.out_shape if out_shape is None else out_shape
-        return self._call(layer.name, prim, args, out_shape, op=layer.kind, macs=layer.macs, inplace=inplace)
+        return self._call(layer.name, prim, args, out_shape, dtype, op=layer.kind, macs=layer.macs, inplace=inplace)
 
-    def _transpose(self, x: relax.Expr, axes: list[int], name: str) -> relax.Expr:
-        """A transpose that only moves size-1 axes keeps the byte order: emit it as a reshape (free)."""
-        shape = [int(d) for d in x.ty.shape]
+    def _transpose(self, x: relax.Expr, axes: list[int], name: str, codes: ActCodebook | None = None,
+                   shape=None) -> relax.Expr:  # fmt: skip
+        """A transpose that only moves size-1 axes keeps the byte order: emit it as a reshape (free). With
+        ``codes``, ``x`` holds packed codes of that codebook and ``shape`` is its logical shape."""
+        shape = [int(d) for d in (x.ty.shape if shape is None else shape)]
         out_shape = [shape[a] for a in axes]
         moved = [a for a in axes if shape[a] != 1]
         if moved == sorted(moved):
-            return self._reshape(x, out_shape)
-        prim = S.qtranspose_primfunc(shape, axes=axes)
-        return self._call(name, prim, [x], out_shape, op="transpose")
+            return self._reshape(x, _storage_shape(out_shape, codes))
+        prim = S.qtranspose_primfunc(shape, axes=axes, code_bits=None if codes is None else codes.bits)
+        return self._call(name, prim, [x], _storage_shape(out_shape, codes), "int8" if codes is None else "uint8",
+                          op="transpose")  # fmt: skip
 
     def _reshape(self, x: relax.Expr, shape) -> relax.Var:
         return self.bb.emit(relax.op.reshape(x, list(shape)))
@@ -87,9 +94,16 @@ class _Realizer:
         qin, qout = self.plan.input, self.plan.output
         xf = relax.Var("x", relax.TensorType(list(in_shape), "float32"))
         with self.bb.function("quantize_input", [xf]):
-            prim = S.quantize_primfunc(in_shape, scale=qin.scale, zero_point=qin.zero_point, qmin=qin.qmin,
-                                       qmax=qin.qmax)  # fmt: skip
-            self.bb.emit_func_output(self._call("quantize", prim, [xf], in_shape))
+            cb = self.plan.input_codebook
+            if cb is None:
+                prim = S.quantize_primfunc(in_shape, scale=qin.scale, zero_point=qin.zero_point, qmin=qin.qmin,
+                                           qmax=qin.qmax)  # fmt: skip
+                self.bb.emit_func_output(self._call("quantize", prim, [xf], in_shape))
+            else:  # nl_quantize: the nearest level of the input's codebook, written as its int8 value
+                thresholds = nl_quantize_thresholds(qin.dequantize(cb.levels).astype(np.float64), cb.bits)
+                prim = S.nl_quantize_primfunc(in_shape, bits=cb.bits)
+                args = [xf, relax.const(thresholds), relax.const(cb.table)]
+                self.bb.emit_func_output(self._call("nl_quantize", prim, args, in_shape))
         yq = relax.Var("y", relax.TensorType(list(out_shape), "int8"))
         with self.bb.function("dequantize_output", [yq]):
             prim = S.dequantize_primfunc(out_shape, scale=qout.scale, zero_point=qout.zero_point)
@@ -98,12 +112,16 @@ class _Realizer:
     # -- layers ----------------------------------------------------------------------------------------------
     def _emit_layer(self, layer: Layer, lp: LayerPlan, inputs: list[relax.Expr]) -> relax.Expr:
         kind = layer.kind
+        reads_codes = kind in WEIGHTED_KINDS or _packed(lp.out_codebook) is not None
+        if not reads_codes:
+            inputs = self._decoded(layer, lp, inputs)
         if kind in ("conv2d", "conv1d"):
             return self._conv(layer, lp, inputs[0])
         if kind == "dense":
             return self._weighted(layer, lp, inputs[0], S.qdense_primfunc(
                 layer.in_shapes[0], lp.weight.shape, has_bias=lp.bias is not None, input_zp=lp.inputs[0].zero_point,
                 output_zp=lp.output.zero_point, act_min=lp.act_min, act_max=lp.act_max, pow2=lp.multiplier is None,
+                **self._codebook_args(lp),
             ), lp.weight, layer.out_shape)  # fmt: skip
         if kind == "add":
             a, b = lp.inputs
@@ -133,19 +151,57 @@ class _Realizer:
             prim = S.qclamp_primfunc(layer.in_shapes[0], lo=lp.act_min, hi=lp.act_max)
             return self._layer_call(layer, prim, inputs, inplace=(0,))
         if kind == "reshape":
-            return self._reshape(inputs[0], layer.out_shape)
+            return self._reshape(inputs[0], _storage_shape(layer.out_shape, lp.out_codebook))
         if kind == "transpose":
-            return self._transpose(inputs[0], list(layer.attrs["axes"]), layer.name)
+            return self._transpose(inputs[0], list(layer.attrs["axes"]), layer.name, _packed(lp.out_codebook),
+                                   layer.in_shapes[0])  # fmt: skip
         raise AssertionError(f"layer kind {kind} has no realisation")  # find_layers only yields the kinds above
 
+    def _decoded(self, layer: Layer, lp: LayerPlan, inputs: list[relax.Expr]) -> list[relax.Expr]:
+        """Inputs stored as packed codes, decoded to int8 for an op that reads int8 (exact: same grid)."""
+        out = []
+        for k, (x, cb, shape) in enumerate(zip(inputs, lp.in_codebooks, layer.in_shapes, strict=True)):
+            if _packed(cb) is not None:
+                prim = S.qdecode_primfunc(shape, bits=cb.bits)
+                x = self._call(f"{layer.name}_decode{k}", prim, [x, relax.const(cb.table)], shape, op="decode")
+            out.append(x)
+        return out
+
     def _weighted(self, layer: Layer, lp: LayerPlan, data, prim, weight: np.ndarray, out_shape) -> relax.Var:
-        args = [data, relax.const(weight)]
-        if lp.bias is not None:
-            args.append(relax.const(lp.bias))
-        if lp.multiplier is not None:
-            args.append(relax.const(lp.multiplier))
-        args.append(relax.const(lp.shift))
-        return self._layer_call(layer, prim, args, out_shape)
+        """Args in the order of ``S.qconv2d_primfunc``/``S.qdense_primfunc``: data (+ its table when it is packed
+        codes), weight (or packed indices + table), then the multiply-shift or LUT-requantize epilogue."""
+        args = [data]
+        in_cb = _packed(lp.in_codebooks[0])
+        if in_cb is not None:
+            args.append(relax.const(in_cb.table))
+        if lp.codebook is None:
+            args.append(relax.const(weight))
+        else:  # packed indices (in the layout of ``weight``, e.g. conv1d's extra axis) and the int8 table
+            indices = lp.codebook.indices.reshape(weight.shape)
+            args += [relax.const(S.pack_rows(indices, lp.codebook.bits)), relax.const(lp.codebook.table)]
+        if lp.thresholds is not None:
+            args.append(relax.const(lp.thresholds))
+            if not lp.out_codebook.packed:
+                args.append(relax.const(lp.out_codebook.table))
+        else:
+            if lp.bias is not None:
+                args.append(relax.const(lp.bias))
+            if lp.multiplier is not None:
+                args.append(relax.const(lp.multiplier))
+            args.append(relax.const(lp.shift))
+        out_cb = _packed(lp.out_codebook)
+        return self._layer_call(layer, prim, args, _storage_shape(out_shape, out_cb),
+                                "int8" if out_cb is None else "uint8")  # fmt: skip
+
+    def _codebook_args(self, lp: LayerPlan) -> dict:
+        """Keyword arguments of the weighted PrimFunc builders for codes in, codebook weights and LUT out."""
+        in_cb, out_cb = _packed(lp.in_codebooks[0]), lp.out_codebook
+        return {
+            "codebook_bits": None if lp.codebook is None else lp.codebook.bits,
+            "input_code_bits": None if in_cb is None else in_cb.bits,
+            "lut_bits": None if lp.thresholds is None else out_cb.bits,
+            "lut_levels": lp.thresholds is not None and not out_cb.packed,
+        }
 
     def _conv(self, layer: Layer, lp: LayerPlan, data) -> relax.Expr:
         a = layer.attrs
@@ -154,7 +210,7 @@ class _Realizer:
         out_shape = layer.out_shape
         if layer.kind == "conv1d":  # (N, W, C) as (N, 1, W, C): one kernel definition serves both
             in_shape = (in_shape[0], 1, *in_shape[1:])
-            data = self._reshape(data, in_shape)
+            data = self._reshape(data, _storage_shape(in_shape, lp.in_codebooks[0]))
             weight = weight.reshape(weight.shape[0], 1, *weight.shape[1:])
             strides, dilation = [1, strides[0]], [1, dilation[0]]
             padding = [0, padding[0], 0, padding[1]]
@@ -162,32 +218,34 @@ class _Realizer:
         prim = S.qconv2d_primfunc(
             in_shape, weight.shape, has_bias=lp.bias is not None, strides=strides, padding=padding,
             dilation=dilation, groups=a["groups"], input_zp=lp.inputs[0].zero_point, output_zp=lp.output.zero_point,
-            act_min=lp.act_min, act_max=lp.act_max, pow2=lp.multiplier is None,
+            act_min=lp.act_min, act_max=lp.act_max, pow2=lp.multiplier is None, **self._codebook_args(lp),
         )  # fmt: skip
         out = self._weighted(layer, lp, data, prim, weight, out_shape)
-        return self._reshape(out, layer.out_shape) if layer.kind == "conv1d" else out
+        return self._reshape(out, _storage_shape(layer.out_shape, lp.out_codebook)) if layer.kind == "conv1d" else out
 
     def _pool(self, layer: Layer, lp: LayerPlan, data) -> relax.Expr:
         a = layer.attrs
         in_shape, out_shape = layer.in_shapes[0], layer.out_shape
         pool, strides, padding = list(a["pool_size"]), list(a["strides"]), list(a["padding"])
         one_d = layer.kind.endswith("1d")
+        codes = _packed(lp.out_codebook)  # a max pool working on the codes themselves
         if one_d:
             in_shape, out_shape = (in_shape[0], 1, *in_shape[1:]), (out_shape[0], 1, *out_shape[1:])
-            data = self._reshape(data, in_shape)
+            data = self._reshape(data, _storage_shape(in_shape, codes))
             pool, strides, padding = [1, pool[0]], [1, strides[0]], [0, padding[0], 0, padding[1]]
         kw = {"pool": pool, "strides": strides, "padding": padding, "ceil_mode": a["ceil_mode"],
               "act_min": lp.act_min, "act_max": lp.act_max}  # fmt: skip
         if layer.kind.startswith("max"):
-            prim = S.qmax_pool2d_primfunc(in_shape, **kw)
+            prim = S.qmax_pool2d_primfunc(in_shape, code_bits=None if codes is None else codes.bits, **kw)
         else:  # padded taps that count are real 0, i.e. the input zero point
             prim = S.qavg_pool2d_primfunc(in_shape, count_include_pad=a["count_include_pad"],
                                           pad_value=lp.inputs[0].zero_point, **kw)  # fmt: skip
         kernel_shape = [int(d) for d in prim.params[-1].ty.shape]
+        out_shape = _storage_shape(out_shape, codes)
         if kernel_shape != [int(d) for d in out_shape]:  # S.pool_out_size rounds ceil_mode as TVM does
             raise AssertionError(f"{layer.name}: pool kernel output {kernel_shape} != graph shape {list(out_shape)}")
-        out = self._layer_call(layer, prim, [data], out_shape)
-        return self._reshape(out, layer.out_shape) if one_d else out
+        out = self._layer_call(layer, prim, [data], out_shape, "int8" if codes is None else "uint8")
+        return self._reshape(out, _storage_shape(layer.out_shape, codes)) if one_d else out
 
     def _global_avg_pool(self, layer: Layer, lp: LayerPlan, data) -> relax.Expr:
         shape = layer.in_shapes[0]
@@ -219,3 +277,13 @@ class _Realizer:
 
 def _shape(expr: relax.Expr) -> tuple[int, ...]:
     return tuple(int(d) for d in expr.ty.shape)
+
+
+def _packed(cb: ActCodebook | None) -> ActCodebook | None:
+    """The codebook of a tensor stored as packed codes, or None (int8 storage, levels or uniform)."""
+    return cb if cb is not None and cb.packed else None
+
+
+def _storage_shape(shape, cb: ActCodebook | None) -> tuple[int, ...]:
+    """Shape of a tensor as stored: packed codes along the last axis, or one int8 per value."""
+    return S.packed_shape(shape, cb.bits) if _packed(cb) is not None else tuple(int(d) for d in shape)

@@ -6,6 +6,24 @@ LUT softmax). This package depends only on tvm and numpy (no ``tvmq.*`` imports)
 ``tvmq.schedules`` but must also import as a top-level ``schedules`` package.
 """
 
+from .codebook import (
+    ACT_PACK,
+    LutEpilogue,
+    binary_search,
+    decode_activation,
+    decode_weight,
+    lut_code,
+    lut_requantize,
+    nl_quantize,
+    pack_codes,
+    pack_rows,
+    packable,
+    packed_row_bytes,
+    packed_shape,
+    slot_bits,
+    unpack_codes,
+    unpack_rows,
+)
 from .conv import conv_out_size, qconv2d
 from .data_movement import qconcat, qpad, qtranspose
 from .dense import qdense
@@ -20,11 +38,13 @@ from .fixed_point import (
 from .pool import pool_out_size, qavg_pool2d, qglobal_avg_pool2d, qmax_pool2d
 from .primfuncs import (
     dequantize_primfunc,
+    nl_quantize_primfunc,
     qadd_primfunc,
     qavg_pool2d_primfunc,
     qclamp_primfunc,
     qconcat_primfunc,
     qconv2d_primfunc,
+    qdecode_primfunc,
     qdense_primfunc,
     qlut_primfunc,
     qmax_pool2d_primfunc,
@@ -37,6 +57,24 @@ from .primfuncs import (
 from .softmax import qsoftmax
 
 __all__ = [
+    "ACT_PACK",
+    "LutEpilogue",
+    "binary_search",
+    "decode_activation",
+    "decode_weight",
+    "lut_code",
+    "lut_requantize",
+    "nl_quantize",
+    "pack_codes",
+    "packable",
+    "packed_shape",
+    "unpack_codes",
+    "unpack_rows",
+    "qdecode_primfunc",
+    "nl_quantize_primfunc",
+    "pack_rows",
+    "packed_row_bytes",
+    "slot_bits",
     "conv_out_size",
     "pool_out_size",
     "broadcast_shape",

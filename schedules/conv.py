@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from tvm import te, tirx
 
+from .codebook import LutEpilogue
 from .data_movement import qpad
 from .fixed_point import channel_param, clamp, dtype_of, i32, requantize
 
@@ -37,6 +38,7 @@ def qconv2d(
     act_min: int = -128,
     act_max: int = 127,
     name: str = "qconv2d",
+    lut: LutEpilogue | None = None,
 ) -> te.Tensor:
     """TFLM ConvPerChannel / DepthwiseConvPerChannel.
 
@@ -76,6 +78,10 @@ def qconv2d(
         return te.sum(xv * i32(weight[k, ry, rx, rc]), axis=[ry, rx, rc])
 
     acc = te.compute((n, oh, ow, o), facc, name=name + "_acc")
+    if lut is not None:  # the thresholds hold the bias: nothing else to add
+        if bias is not None:
+            raise ValueError(f"{name}: with a LUT epilogue the bias is folded into the thresholds; pass bias=None")
+        return lut.apply(acc, name)
 
     def fout(b, i, j, k):
         a = acc[b, i, j, k]

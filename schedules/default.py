@@ -13,15 +13,25 @@ import contextlib
 
 from tvm import s_tir, tirx
 
+from .codebook import ACT_PACK
+
+WEIGHT_DECODE = "weight_decode"  # the block name ``schedules.codebook.decode_weight`` gives its compute
+
 
 def default_schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
     """Inline producers that are not reductions, then fuse each reduction's single consumer into its loops."""
     sch = s_tir.Schedule(func)
+    hoist = _hoistable_weight_decode(sch)
     for block in _blocks(sch):
+        if hoist is not None and sch.get(block).same_as(sch.get(hoist)):
+            continue
         if not _is_reduction(sch, block) and sch.get_consumers(block):
             # a producer read by a reduction with a non-affine index cannot inline: it stays materialised
             with contextlib.suppress(s_tir.ScheduleError):
                 sch.compute_inline(block)
+    _compute_into_pack(sch)
+    if hoist is not None:
+        _hoist_weight_decode(sch, hoist)
     for block in _blocks(sch):
         consumers = sch.get_consumers(block)
         if _is_reduction(sch, block) and len(consumers) == 1:
@@ -37,6 +47,45 @@ def default_schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
             # the initialisation leaves the reduction loop: no per-tap branch, no "maybe uninitialised" in C
             sch.decompose_reduction(block, loops[len(loops) - len(_iter_types(sch, block)) + spatial])
     return sch.mod["main"]
+
+
+def _compute_into_pack(sch: s_tir.Schedule) -> None:
+    """Outputs stored as packed codes: compute the reduction a packed byte needs inside the packing loop.
+
+    One byte holds 8/b channels, so the accumulator (conv, dense, max pool) shrinks to 8/b int32 per byte instead
+    of a full-size int32 tensor on the stack.
+    """
+    try:
+        pack = sch.get_sblock(ACT_PACK)
+    except s_tir.ScheduleError:
+        return
+    for producer in sch.get_producers(pack):
+        if _is_reduction(sch, producer):
+            sch.compute_at(producer, sch.get_loops(pack)[-1])
+
+
+def _hoistable_weight_decode(sch: s_tir.Schedule):
+    """The codebook weight decode of a convolution (its consumer has 4 spatial loops), or None."""
+    try:
+        decode = sch.get_sblock(WEIGHT_DECODE)
+    except s_tir.ScheduleError:
+        return None
+    consumers = sch.get_consumers(decode)
+    return decode if len(consumers) == 1 and _spatial_loop_count(sch, consumers[0]) == 4 else None
+
+
+def _hoist_weight_decode(sch: s_tir.Schedule, decode) -> None:
+    """Convolutions with codebook weights: output channel outermost, its weights decoded once into a small buffer.
+
+    Inlined, the table decode would run for every multiply-accumulate, OH*OW times per weight. With the output
+    channel loop outside the pixel loops, one channel's KH*KW*C/groups weights are decoded once per inference
+    (an int8 buffer of that size on the stack; 8/b channels' with a packed b-bit output). Dense layers use each
+    weight once: they decode inline.
+    """
+    consumer = sch.get_consumers(decode)[0]
+    _, i, j, k = sch.get_loops(consumer)[:4]  # batch, row, column, output channel (or packed channel byte)
+    sch.reorder(k, i, j)
+    sch.compute_at(decode, sch.get_loops(consumer)[1])
 
 
 def _blocks(sch: s_tir.Schedule) -> list:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tvm import te, tirx
 
+from .codebook import LutEpilogue
 from .fixed_point import channel_param, clamp, dtype_of, i32, requantize
 
 
@@ -19,6 +20,7 @@ def qdense(
     act_min: int = -128,
     act_max: int = 127,
     name: str = "qdense",
+    lut: LutEpilogue | None = None,
 ) -> te.Tensor:
     """data (N,K) int8, weight (O,K) int8, bias (O,) int32 or None -> (N,O) int8.
 
@@ -40,6 +42,10 @@ def qdense(
         return te.sum(xv * i32(weight[j, rk]), axis=rk)
 
     acc = te.compute((n, o), facc, name=name + "_acc")
+    if lut is not None:  # the thresholds hold the bias: nothing else to add
+        if bias is not None:
+            raise ValueError(f"{name}: with a LUT epilogue the bias is folded into the thresholds; pass bias=None")
+        return lut.apply(acc, name)
 
     def fout(i, j):
         a = acc[i, j]

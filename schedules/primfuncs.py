@@ -8,14 +8,26 @@ it out. Scalar quantization parameters are baked in as immediates; per-channel o
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from tvm import te, tirx
 
+from .codebook import (
+    LutEpilogue,
+    decode_activation,
+    decode_weight,
+    nl_quantize,
+    pack_codes,
+    packed_row_bytes,
+    packed_shape,
+    unpack_codes,
+)
 from .conv import qconv2d
 from .data_movement import qconcat, qpad, qtranspose
 from .dense import qdense
 from .elementwise import dequantize, qadd, qclamp, qlut, qrequantize, quantize
+from .fixed_point import i32
 from .pool import qavg_pool2d, qmax_pool2d
 from .softmax import qsoftmax
 
@@ -31,13 +43,46 @@ def _shape(s: Sequence[int]) -> tuple[int, ...]:
     return shape
 
 
-def _weight_params(weight_shape: Sequence[int], has_bias: bool, pow2: bool):
-    """Placeholders of a weighted op: weight int8, bias int32 (O,) or None, mult int32 (O,) or None, shift."""
-    o = int(weight_shape[0])
-    weight = te.placeholder(_shape(weight_shape), "int8", name="weight")
+def _data_param(shape: Sequence[int], code_bits: int | None) -> tuple[te.Tensor, list[te.Tensor]]:
+    """The int8 data a compute reads, and its PrimFunc args: [data int8], or with ``code_bits`` the packed codes
+    [data uint8 (..., packed channels), data_table int8 (2^bits,)] decoded by ``decode_activation``."""
+    shape = _shape(shape)
+    if code_bits is None:
+        data = te.placeholder(shape, "int8", name="data")
+        return data, [data]
+    packed = te.placeholder(packed_shape(shape, code_bits), "uint8", name="data")
+    table = te.placeholder((2**code_bits,), "int8", name="data_table")
+    return decode_activation(packed, table, shape, code_bits), [packed, table]
+
+
+def _weight_param(weight_shape: Sequence[int], codebook_bits: int | None) -> tuple[te.Tensor, list[te.Tensor]]:
+    """The int8 weight a compute reads, and its args: [weight int8] or, with ``codebook_bits``, [packed uint8
+    (O, row bytes), table int8 (O, 2^bits)] decoded by ``decode_weight``."""
+    shape = _shape(weight_shape)
+    if codebook_bits is None:
+        weight = te.placeholder(shape, "int8", name="weight")
+        return weight, [weight]
+    row_bytes = packed_row_bytes(math.prod(shape[1:]), codebook_bits)
+    packed = te.placeholder((shape[0], row_bytes), "uint8", name="packed")
+    table = te.placeholder((shape[0], 2**codebook_bits), "int8", name="table")
+    return decode_weight(packed, table, shape, codebook_bits), [packed, table]
+
+
+def _epilogue_params(o: int, has_bias: bool, pow2: bool, lut_bits: int | None, lut_levels: bool):
+    """(bias, mult, shift, lut, args) of a weighted op's epilogue.
+
+    Multiply-shift: args [bias int32 (O,)], [mult int32 (O,) unless pow2], shift int32 (O,). LUT-requantize
+    (``lut_bits``): thresholds int32 (O, 2^bits - 1) holding the bias, and with ``lut_levels`` the output
+    table int8 (2^bits,) (the output is then int8 levels instead of packed codes).
+    """
+    if lut_bits is not None:
+        thresholds = te.placeholder((o, 2**lut_bits - 1), "int32", name="thresholds")
+        table = te.placeholder((2**lut_bits,), "int8", name="out_table") if lut_levels else None
+        return None, None, 0, LutEpilogue(thresholds, lut_bits, table), _present(thresholds, table)
     bias = te.placeholder((o,), "int32", name="bias") if has_bias else None
     mult = None if pow2 else te.placeholder((o,), "int32", name="mult")
-    return weight, bias, mult, te.placeholder((o,), "int32", name="shift")
+    shift = te.placeholder((o,), "int32", name="shift")
+    return bias, mult, shift, None, _present(bias, mult, shift)
 
 
 def _present(*tensors: te.Tensor | None) -> list[te.Tensor]:
@@ -59,11 +104,18 @@ def qconv2d_primfunc(
     act_min: int = -128,
     act_max: int = 127,
     pow2: bool = False,
+    codebook_bits: int | None = None,
+    input_code_bits: int | None = None,
+    lut_bits: int | None = None,
+    lut_levels: bool = False,
 ) -> tirx.PrimFunc:
-    """Args: data int8 (N,H,W,C), weight int8 (O,KH,KW,C/groups), [bias int32 (O,)], [mult int32 (O,)
-    unless pow2], shift int32 (O,), output int8 (N,OH,OW,O). padding = (top, left, bottom, right)."""
-    data = te.placeholder(_shape(data_shape), "int8", name="data")
-    weight, bias, mult, shift = _weight_params(weight_shape, has_bias, pow2)
+    """Args: data int8 (N,H,W,C) (or, with ``input_code_bits``, packed codes and their table), weight int8
+    (O,KH,KW,C/groups) (or, with ``codebook_bits``, packed uint8 and table int8, see ``schedules.codebook``),
+    epilogue args (``_epilogue_params``), output int8 (N,OH,OW,O) (packed uint8 codes with ``lut_bits`` unless
+    ``lut_levels``). padding = (top, left, bottom, right)."""
+    data, data_args = _data_param(data_shape, input_code_bits)
+    weight, weight_args = _weight_param(weight_shape, codebook_bits)
+    bias, mult, shift, lut, epilogue_args = _epilogue_params(int(weight.shape[0]), has_bias, pow2, lut_bits, lut_levels)
     out = qconv2d(
         data,
         weight,
@@ -78,8 +130,9 @@ def qconv2d_primfunc(
         output_zp=output_zp,
         act_min=act_min,
         act_max=act_max,
+        lut=lut,
     )
-    return _prim_func([data, *_present(weight, bias, mult, shift), out])
+    return _prim_func([*data_args, *weight_args, *epilogue_args, out])
 
 
 def qdense_primfunc(
@@ -92,11 +145,17 @@ def qdense_primfunc(
     act_min: int = -128,
     act_max: int = 127,
     pow2: bool = False,
+    codebook_bits: int | None = None,
+    input_code_bits: int | None = None,
+    lut_bits: int | None = None,
+    lut_levels: bool = False,
 ) -> tirx.PrimFunc:
-    """Args: data int8 (N,K), weight int8 (O,K), [bias int32 (O,)], [mult int32 (O,) unless pow2],
-    shift int32 (O,), output int8 (N,O). Per-tensor models pass mult/shift repeated O times."""
-    data = te.placeholder(_shape(data_shape), "int8", name="data")
-    weight, bias, mult, shift = _weight_params(weight_shape, has_bias, pow2)
+    """Args: data int8 (N,K) (or packed codes + table), weight int8 (O,K) (or packed + table with
+    ``codebook_bits``), epilogue args (``_epilogue_params``; per-tensor models repeat mult/shift), output int8
+    (N,O) (packed codes with ``lut_bits`` unless ``lut_levels``)."""
+    data, data_args = _data_param(data_shape, input_code_bits)
+    weight, weight_args = _weight_param(weight_shape, codebook_bits)
+    bias, mult, shift, lut, epilogue_args = _epilogue_params(int(weight.shape[0]), has_bias, pow2, lut_bits, lut_levels)
     out = qdense(
         data,
         weight,
@@ -107,8 +166,9 @@ def qdense_primfunc(
         output_zp=output_zp,
         act_min=act_min,
         act_max=act_max,
+        lut=lut,
     )
-    return _prim_func([data, *_present(weight, bias, mult, shift), out])
+    return _prim_func([*data_args, *weight_args, *epilogue_args, out])
 
 
 def qadd_primfunc(
@@ -191,11 +251,28 @@ def qmax_pool2d_primfunc(
     ceil_mode: bool = False,
     act_min: int = -128,
     act_max: int = 127,
+    code_bits: int | None = None,
 ) -> tirx.PrimFunc:
-    """Args: x int8 (N,H,W,C), output int8 (N,OH,OW,C). padding = (top, left, bottom, right)."""
-    x = te.placeholder(_shape(shape), "int8", name="x")
-    out = qmax_pool2d(x, pool, strides, padding, ceil_mode=ceil_mode, act_min=act_min, act_max=act_max)
-    return _prim_func([x, out])
+    """Args: x int8 (N,H,W,C), output int8 (N,OH,OW,C). padding = (top, left, bottom, right).
+
+    With ``code_bits`` x and the output are packed codes of one ascending codebook: the max of the codes is the
+    code of the max, so the pool never decodes. act_min/act_max are then ignored: the caller makes sure the
+    clamp changes no level of the codebook.
+    """
+    if code_bits is None:
+        x = te.placeholder(_shape(shape), "int8", name="x")
+        return _prim_func([x, qmax_pool2d(x, pool, strides, padding, ceil_mode=ceil_mode, act_min=act_min,
+                                          act_max=act_max)])  # fmt: skip
+    packed = te.placeholder(packed_shape(_shape(shape), code_bits), "uint8", name="x")
+    codes = unpack_codes(packed, shape, code_bits)
+    out = qmax_pool2d(codes, pool, strides, padding, ceil_mode=ceil_mode, act_min=0, act_max=2**code_bits - 1)
+    return _prim_func([packed, pack_codes(out.shape, lambda *idx: i32(out[idx]), code_bits)])
+
+
+def qdecode_primfunc(shape: Sequence[int], *, bits: int) -> tirx.PrimFunc:
+    """Args: x packed codes uint8, table int8 (2^bits,), output int8 (``shape``): for consumers that read int8."""
+    x, args = _data_param(shape, bits)
+    return _prim_func([*args, x])
 
 
 def qavg_pool2d_primfunc(
@@ -243,10 +320,15 @@ def qconcat_primfunc(shapes: Sequence[Sequence[int]], *, axis: int = -1) -> tirx
     return _prim_func(xs + [qconcat(xs, axis)])
 
 
-def qtranspose_primfunc(shape: Sequence[int], *, axes: Sequence[int]) -> tirx.PrimFunc:
-    """Args: x int8, output int8 (permuted shape)."""
-    x = te.placeholder(_shape(shape), "int8", name="x")
-    return _prim_func([x, qtranspose(x, axes)])
+def qtranspose_primfunc(shape: Sequence[int], *, axes: Sequence[int], code_bits: int | None = None) -> tirx.PrimFunc:
+    """Args: x int8, output int8 (permuted shape); with ``code_bits`` both are packed codes (unpacked, moved and
+    packed again in one loop nest)."""
+    if code_bits is None:
+        x = te.placeholder(_shape(shape), "int8", name="x")
+        return _prim_func([x, qtranspose(x, axes)])
+    packed = te.placeholder(packed_shape(_shape(shape), code_bits), "uint8", name="x")
+    moved = qtranspose(unpack_codes(packed, shape, code_bits), axes)
+    return _prim_func([packed, pack_codes(moved.shape, lambda *idx: i32(moved[idx]), code_bits)])
 
 
 def quantize_primfunc(
@@ -255,6 +337,15 @@ def quantize_primfunc(
     """Args: x float32, output int8 (same shape)."""
     x = te.placeholder(_shape(shape), "float32", name="x")
     return _prim_func([x, quantize(x, scale=scale, zero_point=zero_point, qmin=qmin, qmax=qmax)])
+
+
+def nl_quantize_primfunc(shape: Sequence[int], *, bits: int) -> tirx.PrimFunc:
+    """Args: x float32, thresholds float32 (2^bits - 1,), table int8 (2^bits,), output int8 (same shape): the
+    input's nearest codebook level, as an int8 value on the input's grid."""
+    x = te.placeholder(_shape(shape), "float32", name="x")
+    thresholds = te.placeholder((2**bits - 1,), "float32", name="thresholds")
+    table = te.placeholder((2**bits,), "int8", name="table")
+    return _prim_func([x, thresholds, table, nl_quantize(x, thresholds, table, bits)])
 
 
 def dequantize_primfunc(shape: Sequence[int], *, scale: float, zero_point: int) -> tirx.PrimFunc:

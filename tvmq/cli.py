@@ -12,7 +12,7 @@ import numpy as np
 
 from . import examples
 from .codegen import build
-from .config import OBSERVERS, QuantConfig
+from .config import CODEBOOK_MODES, OBSERVERS, WEIGHT_SCHEMES, QuantConfig
 from .errors import CalibrationDataError, TvmqError
 from .quant.quantize import quantize
 from .target import CORES, parse_target
@@ -99,6 +99,7 @@ def _config(args: argparse.Namespace) -> QuantConfig:
     return QuantConfig(
         weight_bits=args.weight_bits, act_bits=args.act_bits, weight_observer=args.weight_observer,
         act_observer=args.act_observer, per_channel=not args.per_tensor, pow2_scales=args.pow2,
+        weight_scheme=args.weight_scheme, act_scheme=args.act_scheme, codebook_mode=args.codebook_mode,
     )  # fmt: skip
 
 
@@ -165,6 +166,11 @@ def _add_quant_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--act-observer", choices=OBSERVERS, default="minmax")
     p.add_argument("--per-tensor", action="store_true", help="per-tensor instead of per-channel weight scales")
     p.add_argument("--pow2", action="store_true", help="power-of-two scales (shift-only requantization)")
+    p.add_argument("--weight-scheme", choices=WEIGHT_SCHEMES, default="uniform",
+                   help="weight levels: uniform grid or a codebook (quantile, kmeans, pow2, apot)")  # fmt: skip
+    p.add_argument("--act-scheme", default="uniform", help="activation levels (uniform)")
+    p.add_argument("--codebook-mode", choices=CODEBOOK_MODES, default="per_channel",
+                   help="one weight codebook per output channel, or one per layer on normalised channels")  # fmt: skip
 
 
 def _boards() -> list[str]:

@@ -13,7 +13,11 @@ from typing import Any
 from .errors import ConfigError
 
 OBSERVERS = ("minmax", "mse", "percentile")
-SCHEMES = ("uniform",)
+# Non-linear weight schemes: codebooks of 2^b levels placed where the weights are (tvmq/quant/codebooks.py).
+WEIGHT_SCHEMES = ("uniform", "quantile", "kmeans", "pow2", "apot")
+# Activation codebooks: one per tensor from calibration values, produced by LUT-requantize in conv/dense layers.
+ACT_SCHEMES = WEIGHT_SCHEMES
+CODEBOOK_MODES = ("per_channel", "normalized")
 
 # Fields a per-layer override may change (everything that describes how one layer is quantized).
 LAYER_FIELDS = (
@@ -25,6 +29,7 @@ LAYER_FIELDS = (
     "percentile",
     "weight_scheme",
     "act_scheme",
+    "codebook_mode",
 )
 
 
@@ -40,6 +45,7 @@ class LayerQuantConfig:
     percentile: float
     weight_scheme: str
     act_scheme: str
+    codebook_mode: str
 
 
 @dataclass
@@ -52,6 +58,17 @@ class QuantConfig:
     ``overrides`` maps a layer name (as listed by ``QuantizedModel.summary()``, e.g. ``"conv2d_0"``) to a dict
     of the fields in ``LAYER_FIELDS``. ``pow2_scales`` restricts every scale to a power of two so that
     requantization is a shift.
+
+    ``weight_scheme`` other than ``"uniform"`` stores each weighted layer's weights as packed ``weight_bits``-bit
+    indices into an int8 codebook: ``"quantile"`` (equal-population bins), ``"kmeans"`` (MSE-optimal, Lloyd-Max),
+    ``"pow2"``/``"apot"`` (power-of-two / additive powers-of-two levels). ``codebook_mode`` is ``"per_channel"``
+    (one codebook per output channel) or ``"normalized"`` (one per layer on channel-normalised weights, each
+    channel with its own scale). Uniform weights below 8 bits are packed the same way.
+
+    ``act_scheme`` other than ``"uniform"`` gives the output of each conv/dense layer (and the model input, by the
+    first layer's setting) a codebook of 2^``act_bits`` levels fitted to its calibration values: the layer ends in
+    LUT-requantize and the tensor is stored as packed codes (``act_bits`` <= 4) that the next layer decodes.
+    Other ops keep uniform outputs; an explicit per-layer act_scheme on them is refused.
     """
 
     weight_bits: int = 8
@@ -62,6 +79,7 @@ class QuantConfig:
     percentile: float = 99.99
     weight_scheme: str = "uniform"
     act_scheme: str = "uniform"
+    codebook_mode: str = "per_channel"
     pow2_scales: bool = False
     max_calibration_samples: int = 1024
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -126,9 +144,10 @@ def _check_layer_fields(fields: dict[str, Any], where: str) -> None:
     for name in ("weight_observer", "act_observer"):
         if name in fields and fields[name] not in OBSERVERS:
             raise ConfigError(f"{where}.{name} must be one of {list(OBSERVERS)}, got {fields[name]!r}")
-    for name in ("weight_scheme", "act_scheme"):
-        if name in fields and fields[name] not in SCHEMES:
-            raise ConfigError(f"{where}.{name} must be one of {list(SCHEMES)}, got {fields[name]!r}")
+    for name, allowed in (("weight_scheme", WEIGHT_SCHEMES), ("act_scheme", ACT_SCHEMES),
+                          ("codebook_mode", CODEBOOK_MODES)):  # fmt: skip
+        if name in fields and fields[name] not in allowed:
+            raise ConfigError(f"{where}.{name} must be one of {list(allowed)}, got {fields[name]!r}")
     if "per_channel" in fields and not isinstance(fields["per_channel"], bool):
         raise ConfigError(f"{where}.per_channel must be True or False, got {fields['per_channel']!r}")
     if "percentile" in fields:

@@ -30,9 +30,17 @@ def _const_symbol(t: Tensor) -> str:
     return f"tvmq_w_{c_identifier(t.name)}"
 
 
+def _c_float(v: float) -> str:
+    """A float32 literal; infinities (e.g. unused nl_quantize thresholds) as <math.h>'s INFINITY."""
+    v = float(v)
+    if np.isinf(v):
+        return "INFINITY" if v > 0 else "-INFINITY"
+    return f"{v!r}f"
+
+
 def _format_array(t: Tensor) -> str:
     values = np.asarray(t.value).reshape(-1)
-    items = [f"{float(v)!r}f" for v in values] if t.dtype == "float32" else [str(int(v)) for v in values]
+    items = [_c_float(v) for v in values] if t.dtype == "float32" else [str(int(v)) for v in values]
     lines = [", ".join(items[i : i + 16]) for i in range(0, len(items), 16)]
     shape = "x".join(map(str, t.shape))
     return (f"/* {t.name}: {t.dtype} {shape} */\n"
@@ -54,7 +62,7 @@ class ModelWriter:
                   if t.kind == "const"]  # fmt: skip
         parts = [
             f"/* {banner} Do not edit. */",
-            '#include "tvmq_runtime.h"\n#include "model.h"\n#include <string.h>\n',
+            '#include "tvmq_runtime.h"\n#include "model.h"\n#include <math.h>\n#include <string.h>\n',
             "/* Profiling hooks: the firmware may define these to time each step. */",
             "#ifndef TVMQ_STEP_BEGIN\n#define TVMQ_STEP_BEGIN(index)\n#endif",
             "#ifndef TVMQ_STEP_END\n#define TVMQ_STEP_END(index)\n#endif\n",

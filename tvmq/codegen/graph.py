@@ -7,6 +7,7 @@ planner need (which tensors exist, which are constants, who reads and writes wha
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -70,6 +71,7 @@ def read_program(mod: tvm.IRModule, function: str = "main") -> Program:
     steps: list[Step] = []
     aliases: dict[Tensor, Tensor] = {}
     kernels: dict[str, tvm.tirx.PrimFunc] = {}
+    uses: Counter[str] = Counter()
 
     def operand(expr: relax.Expr, owner: str, index: int) -> Tensor:
         value = const_array(expr)
@@ -88,12 +90,15 @@ def read_program(mod: tvm.IRModule, function: str = "main") -> Program:
             if is_op(value, "relax.call_tir"):
                 gv, args = value.args[0], value.args[1]
                 prim = mod[gv]
-                name = gv.name_hint
-                kernels[name] = prim
+                kernel = gv.name_hint
+                kernels[kernel] = prim
+                # identical PrimFuncs share one GlobalVar (and one C kernel); each call is still its own step
+                uses[kernel] += 1
+                name = kernel if uses[kernel] == 1 else f"{kernel}_{uses[kernel] - 1}"
                 inputs = [operand(a, name, i) for i, a in enumerate(args.fields)]
                 out = Tensor(name, *_shape_dtype(var.ty), "activation")
                 attrs = {str(k): v for k, v in dict(prim.attrs or {}).items() if str(k).startswith("tvmq.")}
-                steps.append(Step(name, name, inputs, out, attrs))
+                steps.append(Step(name, kernel, inputs, out, attrs))
                 tensors[var] = out
             elif is_op(value, "relax.reshape"):
                 view = Tensor(var.name, *_shape_dtype(var.ty), "activation")

@@ -116,17 +116,21 @@ class QuantizedModel:
         rows = []
         for layer, lp in zip(self.layers, self.plan.layers, strict=True):
             w_bits = lp.config.weight_bits if lp.weight is not None else None
-            a_bits = lp.inputs[0].bits
+            a_bits = _code_bits(lp.in_codebooks[0] if lp.in_codebooks else None, lp.inputs[0])
             weight_bytes = 0
             if lp.weight is not None:
-                weight_bytes = lp.weight.size  # int8 container per code (packing lands with sub-8-bit kernels)
-                weight_bytes += 4 * (lp.bias.size if lp.bias is not None else 0)
-                weight_bytes += 4 * lp.shift.size + (4 * lp.multiplier.size if lp.multiplier is not None else 0)
+                # packed indices + table with a codebook (every scheme below 8 bits), else one int8 per weight
+                weight_bytes = lp.codebook.nbytes if lp.codebook is not None else lp.weight.size
+                if lp.thresholds is not None:  # LUT-requantize: thresholds (holding the bias) and maybe the levels
+                    weight_bytes += lp.thresholds.nbytes + (0 if lp.out_codebook.packed else lp.out_codebook.table.size)
+                else:
+                    weight_bytes += 4 * (lp.bias.size if lp.bias is not None else 0)
+                    weight_bytes += 4 * lp.shift.size + (4 * lp.multiplier.size if lp.multiplier is not None else 0)
             rows.append({
                 "name": layer.name, "op": layer.kind, "input_shapes": layer.in_shapes, "output_shape": layer.out_shape,
-                "weight_bits": w_bits, "act_bits": lp.output.bits, "macs": layer.macs,
+                "weight_bits": w_bits, "act_bits": _code_bits(lp.out_codebook, lp.output), "macs": layer.macs,
                 "bops": layer.macs * (w_bits or 0) * a_bits, "weight_bytes": int(weight_bytes),
-                "activation_bytes": int(np.prod(layer.out_shape)),
+                "activation_bytes": _stored_bytes(layer.out_shape, lp.out_codebook),
             })  # fmt: skip
         return rows
 
@@ -136,14 +140,14 @@ class QuantizedModel:
         buffer_of = {func.params[0]: func.params[0]}
         size = {func.params[0]: int(np.prod(self.input_shape))}
         last_use: dict = {func.params[0]: 0}
-        for step, layer in enumerate(self.layers):
+        for step, (layer, lp) in enumerate(zip(self.layers, self.plan.layers, strict=True)):
             for var in layer.inputs:
                 last_use[buffer_of[var]] = step
             if layer.kind == "reshape":
                 buffer_of[layer.output] = buffer_of[layer.inputs[0]]
             else:
                 buffer_of[layer.output] = layer.output
-                size[layer.output] = int(np.prod(layer.out_shape))
+                size[layer.output] = _stored_bytes(layer.out_shape, lp.out_codebook)
                 last_use[layer.output] = step
         last_use[buffer_of[func.body.body]] = len(self.layers)
         first_def = {buf: -1 for buf in size}
@@ -169,5 +173,15 @@ class QuantizedModel:
         lines.append("-" * len(header))
         total = {k: sum(r[k] for r in rows) for k in ("macs", "bops", "weight_bytes")}
         lines.append(f"{'total':<57}{total['macs']:>10}{total['bops']:>13}{total['weight_bytes']:>9}")
-        lines.append(f"peak activation memory: {self.peak_activation_bytes()} bytes (execution order, int8)")
+        lines.append(f"peak activation memory: {self.peak_activation_bytes()} bytes (execution order, as stored)")
         return "\n".join(lines)
+
+
+def _code_bits(cb, qp) -> int:
+    """Bits per value of a tensor: its codebook's, else its uniform grid's."""
+    return cb.bits if cb is not None else qp.bits
+
+
+def _stored_bytes(shape, cb) -> int:
+    """Bytes a tensor occupies: packed codes, or one int8 per value."""
+    return int(cb.storage_bytes(tuple(shape)) if cb is not None else np.prod(shape))

@@ -12,14 +12,57 @@ from typing import Any
 
 import numpy as np
 
+from .. import schedules as S
 from ..config import LayerQuantConfig, QuantConfig
+from ..errors import ConfigError
 from ..relay_passes.layers import SAME_QPARAMS_KINDS, WEIGHTED_KINDS, Layer
+from ..schedules.codebook import pack_rows
+from .codebooks import activation_codebook, lut_thresholds, weight_codebooks
 from .fixed_point import lut_int8, pow2_shift, quantize_multiplier, softmax_exp_lut, tflite_add_params
 from .observers import ActivationObserver
-from .qparams import QParams, activation_qparams, quantize_bias, quantize_weights
+from .qparams import QParams, activation_qparams, quantize_bias, quantize_weights, weight_qmax
 
 # Softmax and sigmoid outputs lie in [0, 1]: the fixed TFLite output grid.
 PROBABILITY_QPARAMS = QParams(scale=1.0 / 256.0, zero_point=-128, bits=8)
+
+
+@dataclass(frozen=True)
+class WeightCodebook:
+    """Weights as ``bits``-bit indices into a per-output-channel int8 table: ``weight = table[o, indices[o, ...]]``.
+
+    The kernels read the indices packed (``schedules.codebook.pack_rows``) and decode them through the table.
+    """
+
+    indices: np.ndarray  # uint8, same shape as the weight
+    table: np.ndarray  # int8 (O, 2^bits)
+    bits: int
+
+    @property
+    def packed(self) -> np.ndarray:
+        return pack_rows(self.indices, self.bits)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.packed.nbytes + self.table.nbytes)
+
+
+@dataclass(frozen=True)
+class ActCodebook:
+    """An activation tensor quantized to ``bits``-bit codes: code ``i`` stands for the int8 value ``table[i]`` on the
+    tensor's 8-bit grid (its ``QParams``). ``packed``: stored as codes packed along the last axis
+    (``schedules.codebook``); otherwise stored as the int8 levels themselves, which any int8 op reads as is."""
+
+    table: np.ndarray  # int8 (2^bits,), ascending, padded with the last level
+    bits: int
+    packed: bool
+
+    @property
+    def levels(self) -> np.ndarray:
+        """The distinct int8 levels, ascending."""
+        return np.unique(self.table)
+
+    def storage_bytes(self, shape: tuple[int, ...]) -> int:
+        return math.prod(S.packed_shape(shape, self.bits)) if self.packed else math.prod(shape)
 
 
 @dataclass
@@ -33,12 +76,16 @@ class LayerPlan:
     output: QParams
     act_min: int
     act_max: int
-    weight: np.ndarray | None = None  # int8 codes, same layout as Layer.weight
+    weight: np.ndarray | None = None  # int8 codes, same layout as Layer.weight (decoded, with a codebook)
+    codebook: WeightCodebook | None = None  # packed storage of ``weight`` below 8 bits or with a non-uniform scheme
     weight_scale: np.ndarray | None = None  # (O,)
     bias: np.ndarray | None = None  # int32 (O,)
     multiplier: np.ndarray | None = None  # int32 (O,), None with power-of-two scales
     shift: np.ndarray | None = None  # int32 (O,)
     params: dict[str, Any] = field(default_factory=dict)  # kind-specific immediates and tables
+    in_codebooks: list[ActCodebook | None] = field(default_factory=list)  # one per input
+    out_codebook: ActCodebook | None = None
+    thresholds: np.ndarray | None = None  # int32 (O, 2^b - 1): LUT-requantize of a weighted layer with out_codebook
 
     def dequantized_weight(self) -> np.ndarray:
         shape = (-1,) + (1,) * (self.weight.ndim - 1)
@@ -55,6 +102,8 @@ class QuantPlan:
     input: QParams
     tensors: dict  # relax.Var -> QParams
     layers: list[LayerPlan]
+    codebooks: dict = field(default_factory=dict)  # relax.Var -> ActCodebook, for tensors quantized to codes
+    input_codebook: ActCodebook | None = None  # never packed: ``quantize_input`` writes the int8 levels
 
     @property
     def output(self) -> QParams:
@@ -66,25 +115,87 @@ def make_plan(
 ) -> QuantPlan:  # fmt: skip
     """Derive all integer parameters. ``observers`` maps the input var and each layer output var to its observer."""
     pow2 = config.pow2_scales
-    first_bits = config.for_layer(layers[0].name).act_bits if layers else config.act_bits
-    input_qp = _observed(observers[input_var], first_bits, config.act_observer, config.percentile, pow2)
+    # the model input is quantized as its first conv/dense layer says (a layout transpose may come before it)
+    first = config.for_layer(next((lay.name for lay in layers if lay.kind in WEIGHTED_KINDS), ""))
+    coded_input = first.act_scheme != "uniform"
+    input_qp = _observed(observers[input_var], 8 if coded_input else first.act_bits, first.act_observer,
+                         first.percentile, pow2)  # fmt: skip
     tensors = {input_var: input_qp}
+    codebooks = {}
+    if coded_input:
+        codebooks[input_var] = _act_codebook(observers[input_var], first, input_qp, (-math.inf, math.inf), False)
     plans = []
-    for layer in layers:
+    producers = {layer.output: layer for layer in layers}
+    for k, layer in enumerate(layers):
         cfg = config.for_layer(layer.name)
+        _check_act_scheme(layer, config, producers)
         in_qps = [tensors[v] for v in layer.inputs]
+        in_cbs = [codebooks.get(v) for v in layer.inputs]
+        coded = cfg.act_scheme != "uniform" and layer.kind in WEIGHTED_KINDS
         if layer.kind in SAME_QPARAMS_KINDS:
             out_qp = in_qps[0]
         elif layer.kind in ("softmax", "sigmoid"):
             out_qp = PROBABILITY_QPARAMS
         else:
-            out_qp = _observed(observers[layer.output], cfg.act_bits, cfg.act_observer, cfg.percentile, pow2)
-        act_min, act_max = out_qp.clamp_codes(*(layer.clamp or (-math.inf, math.inf)))
-        plan = LayerPlan(layer.name, layer.kind, cfg, in_qps, out_qp, act_min, act_max)
+            out_qp = _observed(observers[layer.output], 8 if coded else cfg.act_bits, cfg.act_observer,
+                               cfg.percentile, pow2)  # fmt: skip
+        clamp = layer.clamp or (-math.inf, math.inf)
+        act_min, act_max = out_qp.clamp_codes(*clamp)
+        plan = LayerPlan(layer.name, layer.kind, cfg, in_qps, out_qp, act_min, act_max, in_codebooks=in_cbs)
+        last = k == len(layers) - 1
+        if coded:
+            packed = not last and S.packable(layer.out_shape[-1], cfg.act_bits)
+            plan.out_codebook = _act_codebook(observers[layer.output], cfg, out_qp, clamp, packed)
+        else:
+            plan.out_codebook = _passed_codebook(layer, in_cbs[0] if in_cbs else None, out_qp, last)
         _fill_kind_params(plan, layer, cfg, pow2)
         tensors[layer.output] = out_qp
+        if plan.out_codebook is not None:
+            codebooks[layer.output] = plan.out_codebook
         plans.append(plan)
-    return QuantPlan(input=input_qp, tensors=tensors, layers=plans)
+    return QuantPlan(input=input_qp, tensors=tensors, layers=plans, codebooks=codebooks,
+                     input_codebook=codebooks.get(input_var))  # fmt: skip
+
+
+# Layers that can work on packed codes directly and keep them: the max of codes is the code of the max, and a
+# transpose or reshape only moves codes.
+CODE_PRESERVING_KINDS = frozenset({"max_pool2d", "max_pool1d", "transpose", "reshape"})
+
+
+def _check_act_scheme(layer: Layer, config: QuantConfig, producers: dict) -> None:
+    """An explicit per-layer activation codebook on a layer that cannot produce one is refused, naming why."""
+    scheme = config.overrides.get(layer.name, {}).get("act_scheme", "uniform")
+    if scheme != "uniform" and layer.kind not in WEIGHTED_KINDS:
+        feeders = [f"{p.name} ({p.kind})" for v in layer.inputs if (p := producers.get(v)) is not None
+                   and p.kind in WEIGHTED_KINDS]  # fmt: skip
+        where = f"on {' or '.join(feeders)}" if feeders else "on the conv or dense layer that produces its input"
+        raise ConfigError(
+            f"layer {layer.name} ({layer.kind}) cannot produce an activation codebook (act_scheme={scheme!r}): "
+            f"codes come from LUT-requantize, the epilogue of conv/dense layers. Set act_scheme {where} "
+            "(max pool, reshape and transpose keep codes), or act_scheme='uniform' for this layer"
+        )
+
+
+def _act_codebook(observer: ActivationObserver, cfg: LayerQuantConfig, qp: QParams, clamp, packed: bool):
+    """The codebook of an activation from its calibration values, levels kept inside the fused clamp."""
+    table = activation_codebook(observer.values(), cfg.act_bits, cfg.act_scheme, qp)
+    lo, hi = qp.clamp_codes(*clamp)
+    levels = np.unique(np.clip(table.astype(np.int32), lo, hi))
+    table = np.pad(levels, (0, 2**cfg.act_bits - levels.size), mode="edge").astype(np.int8)
+    return ActCodebook(table=table, bits=cfg.act_bits, packed=packed)
+
+
+def _passed_codebook(layer: Layer, cb: ActCodebook | None, qp: QParams, last: bool) -> ActCodebook | None:
+    """Whether a layer reading packed codes keeps them: only the code-preserving kinds, when the clamp they carry
+    changes no level, the output packs, and it is not the model output (which is int8)."""
+    if cb is None or not cb.packed or last or layer.kind not in CODE_PRESERVING_KINDS:
+        return None
+    if not S.packable(layer.out_shape[-1], cb.bits):
+        return None
+    lo, hi = qp.clamp_codes(*(layer.clamp or (-math.inf, math.inf)))
+    if cb.levels.min() < lo or cb.levels.max() > hi:
+        return None
+    return cb
 
 
 def _observed(observer: ActivationObserver, bits: int, method: str, percentile: float, pow2: bool) -> QParams:
@@ -103,12 +214,16 @@ def _requant(real: np.ndarray, pow2: bool) -> tuple[np.ndarray | None, np.ndarra
 def _fill_kind_params(plan: LayerPlan, layer: Layer, cfg: LayerQuantConfig, pow2: bool) -> None:
     in_qp, out_qp = plan.inputs[0], plan.output
     if layer.kind in WEIGHTED_KINDS:
-        plan.weight, plan.weight_scale = quantize_weights(
-            layer.weight, cfg.weight_bits, cfg.per_channel, cfg.weight_observer, cfg.percentile, pow2
-        )
+        _quantize_layer_weights(plan, layer, cfg, pow2)
         if layer.bias is not None:
             plan.bias = quantize_bias(layer.bias, in_qp.scale, plan.weight_scale)
-        plan.multiplier, plan.shift = _requant(in_qp.scale * plan.weight_scale / out_qp.scale, pow2)
+        if plan.out_codebook is None:
+            plan.multiplier, plan.shift = _requant(in_qp.scale * plan.weight_scale / out_qp.scale, pow2)
+        else:  # LUT-requantize: nearest level of the real accumulator, thresholds hold bias, scales and clamp
+            cb = plan.out_codebook
+            levels = (cb.levels.astype(np.float64) - out_qp.zero_point) * out_qp.scale
+            plan.thresholds = lut_thresholds(levels, cb.bits, in_qp.scale * plan.weight_scale, plan.bias,
+                                             layer.clamp or (-math.inf, math.inf))  # fmt: skip
     elif layer.kind == "add":
         a, b = plan.inputs
         plan.params = tflite_add_params(a.scale, b.scale, out_qp.scale)
@@ -129,3 +244,33 @@ def _fill_kind_params(plan: LayerPlan, layer: Layer, cfg: LayerQuantConfig, pow2
         table = lut_int8(lambda x: 1.0 / (1.0 + np.exp(-x)), in_qp.scale, in_qp.zero_point,
                          out_qp.scale, out_qp.zero_point)  # fmt: skip
         plan.params = {"table": table}
+
+
+def _quantize_layer_weights(plan: LayerPlan, layer: Layer, cfg: LayerQuantConfig, pow2: bool) -> None:
+    """int8 weights and scales; below 8 bits or with a codebook scheme, also their packed index storage."""
+    bits, scheme = cfg.weight_bits, cfg.weight_scheme
+    if scheme == "uniform":
+        plan.weight, plan.weight_scale = quantize_weights(
+            layer.weight, bits, cfg.per_channel, cfg.weight_observer, cfg.percentile, pow2
+        )
+        if bits < 8:
+            plan.codebook = _uniform_codebook(plan.weight, bits)
+        return
+    if pow2:
+        raise ConfigError(
+            f"layer {layer.name}: weight_scheme={scheme!r} has its own per-channel scales; pow2_scales=True only "
+            "applies to weight_scheme='uniform' (pow2 levels: weight_scheme='pow2')"
+        )
+    mode = "normalized" if cfg.codebook_mode == "normalized" else cfg.per_channel
+    indices, table, plan.weight_scale = weight_codebooks(layer.weight, bits, scheme, per_channel=mode)
+    flat = indices.reshape(indices.shape[0], -1).astype(np.int64)
+    plan.weight = np.take_along_axis(table, flat, axis=1).reshape(indices.shape)
+    plan.codebook = WeightCodebook(indices, table, bits)
+
+
+def _uniform_codebook(codes: np.ndarray, bits: int) -> WeightCodebook:
+    """Uniform b-bit codes as indices into the grid itself, so they are stored packed like any codebook."""
+    grid = np.array([-1, 1]) if bits == 1 else np.arange(-weight_qmax(bits), weight_qmax(bits) + 1)
+    indices = np.searchsorted(grid, codes).astype(np.uint8)
+    table = np.pad(grid, (0, 2**bits - grid.size), mode="edge").astype(np.int8)
+    return WeightCodebook(indices, np.repeat(table[None], codes.shape[0], axis=0), bits)
