@@ -91,6 +91,7 @@ def unpack_rows(packed: np.ndarray, bits: int, row_length: int) -> np.ndarray:
 # of ``pack_rows``: value (..., c) sits in byte (..., c // per_byte) at bit (c % per_byte) * slot. Code i stands
 # for the int8 value ``table[i]`` on the tensor's own int8 grid, so a decoded activation is an ordinary int8 one.
 
+ACT_DECODE = "act_decode"  # block name of decoding packed codes (the default schedule decodes conv inputs by rows)
 ACT_PACK = "act_pack"  # block name of the packing stage (the default schedule computes its producer inside it)
 
 
@@ -122,7 +123,7 @@ def _check_packed(packed: te.Tensor, shape: tuple[int, ...], bits: int, name: st
 
 
 def decode_activation(
-    packed: te.Tensor, table: te.Tensor, shape: Sequence[int], bits: int, *, name: str = "act_decode"
+    packed: te.Tensor, table: te.Tensor, shape: Sequence[int], bits: int, *, name: str = ACT_DECODE
 ) -> te.Tensor:
     """int8 activation of logical ``shape`` from its packed codes: ``table[code]``."""
     shape = tuple(int(d) for d in shape)

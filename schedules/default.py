@@ -13,7 +13,7 @@ import contextlib
 
 from tvm import s_tir, tirx
 
-from .codebook import ACT_PACK
+from .codebook import ACT_DECODE, ACT_PACK
 
 WEIGHT_DECODE = "weight_decode"  # the block name ``schedules.codebook.decode_weight`` gives its compute
 
@@ -25,6 +25,8 @@ def default_schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
     for block in _blocks(sch):
         if hoist is not None and sch.get(block).same_as(sch.get(hoist)):
             continue
+        if sch.get(block).name_hint == ACT_DECODE:
+            continue  # placed (or inlined) by _decode_input_rows
         if not _is_reduction(sch, block) and sch.get_consumers(block):
             # a producer read by a reduction with a non-affine index cannot inline: it stays materialised
             with contextlib.suppress(s_tir.ScheduleError):
@@ -32,6 +34,7 @@ def default_schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
     _compute_into_pack(sch)
     if hoist is not None:
         _hoist_weight_decode(sch, hoist)
+    _decode_input_rows(sch, row_loop=2 if hoist is not None else 1)
     for block in _blocks(sch):
         consumers = sch.get_consumers(block)
         if _is_reduction(sch, block) and len(consumers) == 1:
@@ -62,6 +65,26 @@ def _compute_into_pack(sch: s_tir.Schedule) -> None:
     for producer in sch.get_producers(pack):
         if _is_reduction(sch, producer):
             sch.compute_at(producer, sch.get_loops(pack)[-1])
+
+
+def _decode_input_rows(sch: s_tir.Schedule, row_loop: int) -> None:
+    """Convolutions reading packed codes: decode the input rows one output row needs into a small int8 buffer.
+
+    Inlined, every multiply-accumulate would unpack and look up its input tap again (about KH*KW times per
+    input value and output channel); decoded per output row, each value is decoded about KH times per row of
+    output (per output channel byte when the weights are hoisted). Other readers decode inline.
+    """
+    try:
+        decode = sch.get_sblock(ACT_DECODE)
+    except s_tir.ScheduleError:
+        return
+    consumers = sch.get_consumers(decode)
+    if len(consumers) == 1 and _is_reduction(sch, consumers[0]) and _spatial_loop_count(sch, consumers[0]) == 4:
+        with contextlib.suppress(s_tir.ScheduleError):
+            sch.compute_at(decode, sch.get_loops(consumers[0])[row_loop])
+            return
+    with contextlib.suppress(s_tir.ScheduleError):
+        sch.compute_inline(decode)
 
 
 def _hoistable_weight_decode(sch: s_tir.Schedule):
