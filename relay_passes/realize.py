@@ -179,16 +179,16 @@ class _Realizer:
         else:  # packed indices (in the layout of ``weight``, e.g. conv1d's extra axis) and the int8 table
             indices = lp.codebook.indices.reshape(weight.shape)
             args += [relax.const(S.pack_rows(indices, lp.codebook.bits)), relax.const(lp.codebook.table)]
-        if lp.thresholds is not None:
-            args.append(relax.const(lp.thresholds))
-            if not lp.out_codebook.packed:
-                args.append(relax.const(lp.out_codebook.table))
-        else:
+        if lp.thresholds is None or lp.thresholds.ndim == 1:  # multiply-shift (also before shared thresholds)
             if lp.bias is not None:
                 args.append(relax.const(lp.bias))
             if lp.multiplier is not None:
                 args.append(relax.const(lp.multiplier))
             args.append(relax.const(lp.shift))
+        if lp.thresholds is not None:
+            args.append(relax.const(lp.thresholds))
+            if not lp.out_codebook.packed:
+                args.append(relax.const(lp.out_codebook.table))
         out_cb = _packed(lp.out_codebook)
         return self._layer_call(layer, prim, args, _storage_shape(out_shape, out_cb),
                                 "int8" if out_cb is None else "uint8")  # fmt: skip
@@ -201,6 +201,7 @@ class _Realizer:
             "input_code_bits": None if in_cb is None else in_cb.bits,
             "lut_bits": None if lp.thresholds is None else out_cb.bits,
             "lut_levels": lp.thresholds is not None and not out_cb.packed,
+            "lut_shared": lp.thresholds is not None and lp.thresholds.ndim == 1,
         }
 
     def _conv(self, layer: Layer, lp: LayerPlan, data) -> relax.Expr:

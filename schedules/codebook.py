@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import te, tirx
 
-from .fixed_point import as_expr, i32, let
+from .fixed_point import as_expr, i32, let, requantize
 
 SLOT_BITS = (1, 2, 4, 8)
 
@@ -183,27 +183,53 @@ def nl_quantize(x: te.Tensor, thresholds: te.Tensor, table: te.Tensor, bits: int
 
 @dataclass(frozen=True)
 class LutEpilogue:
-    """A conv/dense epilogue by LUT-requantize instead of multiply-shift (see ``lut_requantize``)."""
+    """A conv/dense epilogue by LUT-requantize instead of multiply-shift into the uniform grid.
 
-    thresholds: te.Tensor  # int32 (O, 2^bits - 1)
+    Two forms. Exact: ``thresholds`` int32 (O, 2^bits - 1) per output channel hold bias, scales and clamp, and the
+    raw accumulator is searched (no multiply; O * (2^bits - 1) words of flash). Shared: ``shift`` (and ``mult``
+    unless power-of-two) first requantize ``acc + bias`` per channel onto a fine grid common to all channels, then
+    one row ``thresholds`` (2^bits - 1,) serves every channel (the choice is ``tvmq.quant.plan``'s).
+    """
+
+    thresholds: te.Tensor
     bits: int
     table: te.Tensor | None = None  # int8 (2^bits,): write levels instead of packed codes
+    mult: te.Tensor | None = None  # int32 (O,), shared form (None with power-of-two scales)
+    shift: te.Tensor | None = None  # int32 (O,), shared form
 
-    def apply(self, acc: te.Tensor, name: str) -> te.Tensor:
-        return lut_requantize(acc, self.thresholds, self.bits, self.table, name=name)
+    @property
+    def shared(self) -> bool:
+        return len(self.thresholds.shape) == 1
+
+    def apply(self, acc: te.Tensor, bias: te.Tensor | None, name: str) -> te.Tensor:
+        if not self.shared:
+            if bias is not None:
+                raise ValueError(f"{name}: per-channel LUT thresholds hold the bias; pass bias=None")
+            return lut_requantize(acc, self.thresholds, self.bits, self.table, name=name)
+
+        def fine(*idx: tirx.PrimExpr) -> tirx.PrimExpr:
+            k = idx[-1]
+            a = acc[idx] if bias is None else acc[idx] + bias[k]
+            return requantize(a, None if self.mult is None else self.mult[k], self.shift[k])
+
+        return lut_requantize(acc, self.thresholds, self.bits, self.table, name=name, value=fine)
 
 
 def lut_requantize(
-    acc: te.Tensor, thresholds: te.Tensor, bits: int, table: te.Tensor | None = None, *, name: str = "lut_requantize"
-) -> te.Tensor:
+    acc: te.Tensor, thresholds: te.Tensor, bits: int, table: te.Tensor | None = None, *,
+    name: str = "lut_requantize", value: Callable[..., tirx.PrimExpr] | None = None,
+) -> te.Tensor:  # fmt: skip
     """int32 accumulators (..., O) -> b-bit codes, packed along O; with ``table``, the int8 levels ``table[code]``.
 
-    The thresholds already hold the bias, the scales and the activation clamp (``tvmq.quant.plan``), so this is
-    the whole epilogue of a conv or dense layer whose output has a codebook.
+    ``thresholds`` (O, 2^bits - 1) per channel are searched with the accumulator itself: they hold the bias, the
+    scales and the activation clamp (``tvmq.quant.plan``). One shared row (2^bits - 1,) is searched with
+    ``value(*index)`` instead (the accumulator requantized onto the grid of the thresholds).
     """
 
     def code(*idx: tirx.PrimExpr) -> tirx.PrimExpr:
-        return lut_code(acc[idx], thresholds, idx[-1], bits)
+        if value is None:
+            return lut_code(acc[idx], thresholds, idx[-1], bits)
+        return binary_search(i32(value(*idx)), lambda i: thresholds[i], bits)
 
     if table is None:
         return pack_codes(acc.shape, code, bits)

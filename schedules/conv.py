@@ -78,10 +78,8 @@ def qconv2d(
         return te.sum(xv * i32(weight[k, ry, rx, rc]), axis=[ry, rx, rc])
 
     acc = te.compute((n, oh, ow, o), facc, name=name + "_acc")
-    if lut is not None:  # the thresholds hold the bias: nothing else to add
-        if bias is not None:
-            raise ValueError(f"{name}: with a LUT epilogue the bias is folded into the thresholds; pass bias=None")
-        return lut.apply(acc, name)
+    if lut is not None:
+        return lut.apply(acc, bias, name)
 
     def fout(b, i, j, k):
         a = acc[b, i, j, k]

@@ -42,10 +42,8 @@ def qdense(
         return te.sum(xv * i32(weight[j, rk]), axis=rk)
 
     acc = te.compute((n, o), facc, name=name + "_acc")
-    if lut is not None:  # the thresholds hold the bias: nothing else to add
-        if bias is not None:
-            raise ValueError(f"{name}: with a LUT epilogue the bias is folded into the thresholds; pass bias=None")
-        return lut.apply(acc, name)
+    if lut is not None:
+        return lut.apply(acc, bias, name)
 
     def fout(i, j):
         a = acc[i, j]

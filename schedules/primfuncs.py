@@ -68,21 +68,26 @@ def _weight_param(weight_shape: Sequence[int], codebook_bits: int | None) -> tup
     return decode_weight(packed, table, shape, codebook_bits), [packed, table]
 
 
-def _epilogue_params(o: int, has_bias: bool, pow2: bool, lut_bits: int | None, lut_levels: bool):
+def _epilogue_params(o: int, has_bias: bool, pow2: bool, lut_bits: int | None, lut_levels: bool, lut_shared: bool):
     """(bias, mult, shift, lut, args) of a weighted op's epilogue.
 
     Multiply-shift: args [bias int32 (O,)], [mult int32 (O,) unless pow2], shift int32 (O,). LUT-requantize
-    (``lut_bits``): thresholds int32 (O, 2^bits - 1) holding the bias, and with ``lut_levels`` the output
-    table int8 (2^bits,) (the output is then int8 levels instead of packed codes).
+    (``lut_bits``): per-channel thresholds int32 (O, 2^bits - 1) holding the bias, or with ``lut_shared`` the
+    multiply-shift args then one row of thresholds (2^bits - 1,); with ``lut_levels`` then the output table int8
+    (2^bits,) (the output is int8 levels instead of packed codes).
     """
-    if lut_bits is not None:
-        thresholds = te.placeholder((o, 2**lut_bits - 1), "int32", name="thresholds")
-        table = te.placeholder((2**lut_bits,), "int8", name="out_table") if lut_levels else None
-        return None, None, 0, LutEpilogue(thresholds, lut_bits, table), _present(thresholds, table)
     bias = te.placeholder((o,), "int32", name="bias") if has_bias else None
     mult = None if pow2 else te.placeholder((o,), "int32", name="mult")
     shift = te.placeholder((o,), "int32", name="shift")
-    return bias, mult, shift, None, _present(bias, mult, shift)
+    if lut_bits is None:
+        return bias, mult, shift, None, _present(bias, mult, shift)
+    table = te.placeholder((2**lut_bits,), "int8", name="out_table") if lut_levels else None
+    if not lut_shared:
+        thresholds = te.placeholder((o, 2**lut_bits - 1), "int32", name="thresholds")
+        return None, None, 0, LutEpilogue(thresholds, lut_bits, table), _present(thresholds, table)
+    thresholds = te.placeholder((2**lut_bits - 1,), "int32", name="thresholds")
+    lut = LutEpilogue(thresholds, lut_bits, table, mult, shift)
+    return bias, None, 0, lut, _present(bias, mult, shift, thresholds, table)
 
 
 def _present(*tensors: te.Tensor | None) -> list[te.Tensor]:
@@ -108,6 +113,7 @@ def qconv2d_primfunc(
     input_code_bits: int | None = None,
     lut_bits: int | None = None,
     lut_levels: bool = False,
+    lut_shared: bool = False,
 ) -> tirx.PrimFunc:
     """Args: data int8 (N,H,W,C) (or, with ``input_code_bits``, packed codes and their table), weight int8
     (O,KH,KW,C/groups) (or, with ``codebook_bits``, packed uint8 and table int8, see ``schedules.codebook``),
@@ -115,7 +121,9 @@ def qconv2d_primfunc(
     ``lut_levels``). padding = (top, left, bottom, right)."""
     data, data_args = _data_param(data_shape, input_code_bits)
     weight, weight_args = _weight_param(weight_shape, codebook_bits)
-    bias, mult, shift, lut, epilogue_args = _epilogue_params(int(weight.shape[0]), has_bias, pow2, lut_bits, lut_levels)
+    bias, mult, shift, lut, epilogue_args = _epilogue_params(
+        int(weight.shape[0]), has_bias, pow2, lut_bits, lut_levels, lut_shared
+    )
     out = qconv2d(
         data,
         weight,
@@ -149,13 +157,16 @@ def qdense_primfunc(
     input_code_bits: int | None = None,
     lut_bits: int | None = None,
     lut_levels: bool = False,
+    lut_shared: bool = False,
 ) -> tirx.PrimFunc:
     """Args: data int8 (N,K) (or packed codes + table), weight int8 (O,K) (or packed + table with
     ``codebook_bits``), epilogue args (``_epilogue_params``; per-tensor models repeat mult/shift), output int8
     (N,O) (packed codes with ``lut_bits`` unless ``lut_levels``)."""
     data, data_args = _data_param(data_shape, input_code_bits)
     weight, weight_args = _weight_param(weight_shape, codebook_bits)
-    bias, mult, shift, lut, epilogue_args = _epilogue_params(int(weight.shape[0]), has_bias, pow2, lut_bits, lut_levels)
+    bias, mult, shift, lut, epilogue_args = _epilogue_params(
+        int(weight.shape[0]), has_bias, pow2, lut_bits, lut_levels, lut_shared
+    )
     out = qdense(
         data,
         weight,

@@ -7,12 +7,15 @@ import math
 import numpy as np
 import pytest
 from test_ops import _model, _node, _w
+from test_schedules import ref_mbqm
 from test_schedules import run as run_prim
 
 import tvmq
 from tvmq import schedules as S
 from tvmq.errors import ConfigError
 from tvmq.quant.codebooks import lut_thresholds, nl_quantize_thresholds
+from tvmq.quant.fixed_point import quantize_multiplier
+from tvmq.quant.plan import LUT_FINE_BITS
 from tvmq.quant.qparams import INT32_MAX, INT32_MIN
 
 
@@ -51,6 +54,36 @@ def test_lut_requantize_equals_float_nearest_level(bits: int, packed: bool) -> N
     acc = data.astype(np.int64) @ weight.T.astype(np.int64) + bias
     real = np.clip(acc * scale, *clamp)
     np.testing.assert_array_equal(codes, _nearest_codes(real, levels))
+
+
+@pytest.mark.parametrize("bits", [3, 4, 8])
+def test_shared_lut_requantize_is_nearest_level_up_to_the_fine_grid(bits: int) -> None:
+    """Above 2 bits the accumulator is first requantized onto a grid 2^8 times finer than the output's, then
+    searched in one row of thresholds: the code is the float nearest level except within a fine step of a
+    midpoint, and exactly the oracle's count of thresholds reached by the TFLite-rounded fine value."""
+    rng = np.random.default_rng(bits)
+    n, k, o = 6, 32, 8
+    levels = np.unique(rng.normal(0, 1.0, size=2**bits).round(4))
+    data = rng.integers(-128, 128, size=(n, k)).astype(np.int8)
+    weight = rng.integers(-127, 128, size=(o, k)).astype(np.int8)
+    bias = rng.integers(-2000, 2000, size=o).astype(np.int32)
+    scale = rng.uniform(1e-4, 3e-3, size=o)
+    fine = 0.01 / 2**LUT_FINE_BITS
+    mult, shift = quantize_multiplier(scale / fine)
+    thresholds = lut_thresholds(levels, bits, np.array([fine]), None)[0]
+    prim = S.qdense_primfunc((n, k), (o, k), lut_bits=bits, lut_levels=True, lut_shared=True)
+    table = np.pad(np.arange(levels.size), (0, 2**bits - levels.size), mode="edge").astype(np.uint8).view(np.int8)
+    args = [data, weight, bias, np.int32(mult), np.int32(shift), thresholds, table]
+    codes = run_prim(prim, args, (n, o)).view(np.uint8)
+
+    acc = data.astype(np.int64) @ weight.T.astype(np.int64) + bias
+    value = ref_mbqm(acc, np.broadcast_to(np.int32(mult), acc.shape), np.broadcast_to(np.int32(shift), acc.shape))
+    np.testing.assert_array_equal(codes, np.sum(value[..., None] >= thresholds, axis=-1))
+    real = acc * scale
+    mids = (levels[:-1] + levels[1:]) / 2
+    near = np.any(np.abs(real[..., None] - mids) <= 2 * fine, axis=-1)
+    np.testing.assert_array_equal(codes[~near], _nearest_codes(real, levels)[~near])
+    assert near.mean() < 0.05
 
 
 def test_lut_thresholds_edges() -> None:

@@ -121,9 +121,9 @@ class QuantizedModel:
             if lp.weight is not None:
                 # packed indices + table with a codebook (every scheme below 8 bits), else one int8 per weight
                 weight_bytes = lp.codebook.nbytes if lp.codebook is not None else lp.weight.size
-                if lp.thresholds is not None:  # LUT-requantize: thresholds (holding the bias) and maybe the levels
+                if lp.thresholds is not None:  # LUT-requantize: thresholds and, for int8 output, the levels
                     weight_bytes += lp.thresholds.nbytes + (0 if lp.out_codebook.packed else lp.out_codebook.table.size)
-                else:
+                if lp.thresholds is None or lp.thresholds.ndim == 1:  # per-channel thresholds hold the bias
                     weight_bytes += 4 * (lp.bias.size if lp.bias is not None else 0)
                     weight_bytes += 4 * lp.shift.size + (4 * lp.multiplier.size if lp.multiplier is not None else 0)
             rows.append({

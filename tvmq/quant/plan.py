@@ -85,7 +85,7 @@ class LayerPlan:
     params: dict[str, Any] = field(default_factory=dict)  # kind-specific immediates and tables
     in_codebooks: list[ActCodebook | None] = field(default_factory=list)  # one per input
     out_codebook: ActCodebook | None = None
-    thresholds: np.ndarray | None = None  # int32 (O, 2^b - 1): LUT-requantize of a weighted layer with out_codebook
+    thresholds: np.ndarray | None = None  # LUT-requantize: int32 (O, 2^b - 1), or (2^b - 1,) after multiply-shift
 
     def dequantized_weight(self) -> np.ndarray:
         shape = (-1,) + (1,) * (self.weight.ndim - 1)
@@ -219,11 +219,8 @@ def _fill_kind_params(plan: LayerPlan, layer: Layer, cfg: LayerQuantConfig, pow2
             plan.bias = quantize_bias(layer.bias, in_qp.scale, plan.weight_scale)
         if plan.out_codebook is None:
             plan.multiplier, plan.shift = _requant(in_qp.scale * plan.weight_scale / out_qp.scale, pow2)
-        else:  # LUT-requantize: nearest level of the real accumulator, thresholds hold bias, scales and clamp
-            cb = plan.out_codebook
-            levels = (cb.levels.astype(np.float64) - out_qp.zero_point) * out_qp.scale
-            plan.thresholds = lut_thresholds(levels, cb.bits, in_qp.scale * plan.weight_scale, plan.bias,
-                                             layer.clamp or (-math.inf, math.inf))  # fmt: skip
+        else:
+            _lut_requantize_params(plan, layer, pow2)
     elif layer.kind == "add":
         a, b = plan.inputs
         plan.params = tflite_add_params(a.scale, b.scale, out_qp.scale)
@@ -244,6 +241,27 @@ def _fill_kind_params(plan: LayerPlan, layer: Layer, cfg: LayerQuantConfig, pow2
         table = lut_int8(lambda x: 1.0 / (1.0 + np.exp(-x)), in_qp.scale, in_qp.zero_point,
                          out_qp.scale, out_qp.zero_point)  # fmt: skip
         plan.params = {"table": table}
+
+
+# LUT-requantize: up to this many bits, exact per-channel thresholds on the raw accumulator (no multiply, and
+# 2^b - 1 words per channel cost no more than a multiplier and shift); above, one shared row of thresholds on a
+# grid 2^LUT_FINE_BITS times finer than the output's, reached by the usual per-channel multiply-shift.
+EXACT_LUT_MAX_BITS = 2
+LUT_FINE_BITS = 8
+
+
+def _lut_requantize_params(plan: LayerPlan, layer: Layer, pow2: bool) -> None:
+    """Thresholds of the nearest-level search (and the multiply-shift onto the fine grid in the shared form)."""
+    cb, in_qp, out_qp = plan.out_codebook, plan.inputs[0], plan.output
+    levels = (cb.levels.astype(np.float64) - out_qp.zero_point) * out_qp.scale
+    clamp = layer.clamp or (-math.inf, math.inf)
+    acc_scale = in_qp.scale * plan.weight_scale
+    if cb.bits <= EXACT_LUT_MAX_BITS:
+        plan.thresholds = lut_thresholds(levels, cb.bits, acc_scale, plan.bias, clamp)
+        return
+    fine = out_qp.scale / 2**LUT_FINE_BITS
+    plan.multiplier, plan.shift = _requant(acc_scale / fine, pow2)
+    plan.thresholds = lut_thresholds(levels, cb.bits, np.array([fine]), None, clamp)[0]
 
 
 def _quantize_layer_weights(plan: LayerPlan, layer: Layer, cfg: LayerQuantConfig, pow2: bool) -> None:
