@@ -42,7 +42,7 @@ toolchain:
 	if ! { $(TOOLCHAIN_OK); }; then echo "error: $(TOOLCHAIN_PKGS) installed, but the tools are still missing"; exit 1; fi
 
 demo: setup toolchain
-	$(VENV)/bin/tvmq demo --models digits basicmotions
+	$(VENV)/bin/tvmq demo --models digits basicmotions --configs int8 w4a4-quantile
 
 # pytest exits 5 when it collected no test: that must fail, never pass silently.
 test: setup toolchain

@@ -12,7 +12,7 @@ import numpy as np
 
 from . import examples
 from .codegen import build
-from .config import CODEBOOK_MODES, OBSERVERS, WEIGHT_SCHEMES, QuantConfig
+from .config import ACT_SCHEMES, CODEBOOK_MODES, OBSERVERS, WEIGHT_SCHEMES, QuantConfig
 from .errors import CalibrationDataError, TvmqError
 from .quant.quantize import quantize
 from .target import CORES, parse_target
@@ -29,13 +29,21 @@ def _status(message: str) -> None:
 
 
 # -- demo ------------------------------------------------------------------------------------------------------------
-def demo_one(name: str, target: str, board: str, samples: int | None, opt: str) -> dict[str, Any]:
-    """Example model -> int8 -> C for the target -> QEMU board: accuracies, bit-exactness, memory, instructions."""
+# The demo's quantization settings: TFLM-style int8, and tvmq's non-linear 4-bit codebooks for weights and activations.
+DEMO_CONFIGS = {
+    "int8": QuantConfig(),
+    "w4a4-quantile": QuantConfig(weight_bits=4, act_bits=4, weight_scheme="quantile", act_scheme="quantile"),
+}
+
+
+def demo_one(name: str, target: str, board: str, samples: int | None, opt: str,
+             config: str = "int8") -> dict[str, Any]:  # fmt: skip
+    """Example model -> quantized -> C for the target -> QEMU board: accuracies, bit-exactness, memory, speed."""
     from .device import qemu
 
     example = examples.load(name)
-    _status(f"== {name}: {example.description}")
-    qmodel = quantize(example.model_path, example.calibration, QuantConfig())
+    _status(f"== {name} ({config}): {example.description}")
+    qmodel = quantize(example.model_path, example.calibration, DEMO_CONFIGS[config])
     x, y = example.x_test[:samples], example.y_test[:samples]
     host_codes = qmodel.run_int(qmodel.quantize_input(x))
     host_accuracy = _accuracy(qmodel.dequantize_output(host_codes), y)
@@ -45,7 +53,7 @@ def demo_one(name: str, target: str, board: str, samples: int | None, opt: str) 
     device = qemu.run(artifact, x.astype(np.float32), board=board, opt=opt)
     plan = artifact.plan
     return {
-        "model": name, "target": target, "board": board, "samples": int(len(x)),
+        "model": name, "config": config, "target": target, "board": board, "samples": int(len(x)),
         "float_accuracy": float(_accuracy(qmodel.run_float(x), y)), "host_accuracy": host_accuracy,
         "device_accuracy": _accuracy(device.outputs, y),
         "bit_exact": bool(np.array_equal(device.raw_outputs, host_codes)),
@@ -60,8 +68,8 @@ def demo_one(name: str, target: str, board: str, samples: int | None, opt: str) 
 
 
 def _demo_table(results: list[dict[str, Any]]) -> str:
-    rows = [("float accuracy", "float_accuracy", "{:.4f}"), ("host int8 accuracy", "host_accuracy", "{:.4f}"),
-            ("device int8 accuracy", "device_accuracy", "{:.4f}"), ("bit_exact", "bit_exact", "{}"),
+    rows = [("float accuracy", "float_accuracy", "{:.4f}"), ("host accuracy", "host_accuracy", "{:.4f}"),
+            ("device accuracy", "device_accuracy", "{:.4f}"), ("bit_exact", "bit_exact", "{}"),
             ("flash bytes", "flash_bytes", "{:,}"), ("sram bytes", "sram_bytes", "{:,}"),
             ("arena bytes", "arena_bytes", "{:,}"), ("arena / lower bound", "arena_to_lower_bound", "{:.3f}"),
             ("stack peak bytes", "stack_peak_bytes", "{:,}"),
@@ -69,6 +77,7 @@ def _demo_table(results: list[dict[str, Any]]) -> str:
             ("instructions/MAC", "instructions_per_mac", "{:.2f}")]  # fmt: skip
     width = 16
     lines = [f"{'':<26}" + "".join(f"{r['model']:>{width}}" for r in results),
+             f"{'quantization':<26}" + "".join(f"{r['config']:>{width}}" for r in results),
              f"{'target':<26}" + "".join(f"{r['target'].split('=')[-1]:>{width}}" for r in results),
              f"{'board (QEMU)':<26}" + "".join(f"{r['board']:>{width}}" for r in results)]  # fmt: skip
     for label, key, fmt in rows:
@@ -83,11 +92,12 @@ def _demo_table(results: list[dict[str, Any]]) -> str:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The main job: example models -> int8 -> C for Cortex-M -> QEMU, bit-exact against the host."""
-    results = [demo_one(m, args.target, args.board, args.samples, args.opt) for m in args.models]
+    results = [demo_one(m, args.target, args.board, args.samples, args.opt, c) for m in args.models
+               for c in args.configs]  # fmt: skip
     print()
     print(_demo_table(results))
     for r in results:
-        print(f"{r['model']}: bit_exact: {'yes' if r['bit_exact'] else 'no'}")
+        print(f"{r['model']} ({r['config']}): bit_exact: {'yes' if r['bit_exact'] else 'no'}")
     if args.json:
         payload = results[0] if len(results) == 1 else results
         Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
@@ -168,7 +178,12 @@ def _add_quant_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pow2", action="store_true", help="power-of-two scales (shift-only requantization)")
     p.add_argument("--weight-scheme", choices=WEIGHT_SCHEMES, default="uniform",
                    help="weight levels: uniform grid or a codebook (quantile, kmeans, pow2, apot)")  # fmt: skip
-    p.add_argument("--act-scheme", default="uniform", help="activation levels (uniform)")
+    p.add_argument(
+        "--act-scheme",
+        choices=ACT_SCHEMES,
+        default="uniform",
+        help="activation levels of conv/dense outputs: uniform grid or a codebook (LUT-requantize)",
+    )
     p.add_argument("--codebook-mode", choices=CODEBOOK_MODES, default="per_channel",
                    help="one weight codebook per output channel, or one per layer on normalised channels")  # fmt: skip
 
@@ -190,7 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--board", default="mps2-an386", choices=_boards())
     demo.add_argument("--opt", default="-O2", choices=["-O2", "-Os"], help="device compiler optimisation")
     demo.add_argument("--samples", type=int, default=None, help="test samples to run (default: all)")
-    demo.add_argument("--json", help="write the results as JSON (an object; a list for several models)")
+    demo.add_argument(
+        "--configs",
+        nargs="+",
+        default=["int8"],
+        choices=list(DEMO_CONFIGS),
+        help="quantization settings to compare (int8; w4a4-quantile: 4-bit codebooks, LUT-requantize)",
+    )
+    demo.add_argument("--json", help="write the results as JSON (an object; a list for several runs)")
     demo.set_defaults(func=cmd_demo)
 
     q = sub.add_parser("quantize", help="quantize a .onnx/.tflite model and print its layer summary")
