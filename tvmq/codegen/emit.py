@@ -142,7 +142,8 @@ extern "C" {{
 /* One inference on int8 codes. Integer-only; uses the static arena, so it is not reentrant. Returns 0. */
 int32_t {p}_run(const int8_t* input, int8_t* output);
 
-/* Float input -> int8 codes (q = clamp(round(x / INPUT_SCALE) + INPUT_ZERO_POINT)). */
+/* Float input -> int8 codes: q = clamp(round(x / INPUT_SCALE) + INPUT_ZERO_POINT), or, when the model's input
+   has a codebook (non-uniform act_scheme), the int8 code of the nearest codebook level on that grid. */
 void {p}_quantize_input(const float* x, int8_t* q);
 
 /* int8 output codes -> float (y = (q - OUTPUT_ZERO_POINT) * OUTPUT_SCALE). */
