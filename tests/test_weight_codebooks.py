@@ -51,6 +51,18 @@ def test_plan_weights_are_the_decoded_codebook(digits, scheme: str, bits: int) -
     assert sum(r["weight_bytes"] for r in stats) < 0.75 * sum(r["weight_bytes"] for r in int8)
 
 
+def test_codebooks_above_4_bits_store_the_decoded_int8_weights(digits) -> None:
+    """A 5..8-bit index takes a byte like an int8 weight: storing it plus a table would only cost flash."""
+    cfg = tvmq.QuantConfig(weight_bits=6, weight_scheme="kmeans")
+    q = tvmq.quantize(digits.model_path, digits.calibration[:64], cfg, progress=False)
+    int8 = tvmq.quantize(digits.model_path, digits.calibration[:64], progress=False)
+    for lp in q.plan.layers:
+        if lp.weight is not None:
+            assert lp.codebook is None
+            assert max(len(np.unique(row)) for row in lp.weight.reshape(len(lp.weight), -1)) <= 64
+    assert sum(r["weight_bytes"] for r in q.layer_stats()) == sum(r["weight_bytes"] for r in int8.layer_stats())
+
+
 def test_quantile_differs_from_uniform(digits) -> None:
     """A codebook scheme that silently fell back to the uniform grid would pass every other test."""
     weights = {}

@@ -265,13 +265,14 @@ def _lut_requantize_params(plan: LayerPlan, layer: Layer, pow2: bool) -> None:
 
 
 def _quantize_layer_weights(plan: LayerPlan, layer: Layer, cfg: LayerQuantConfig, pow2: bool) -> None:
-    """int8 weights and scales; below 8 bits or with a codebook scheme, also their packed index storage."""
+    """int8 weights and scales, and at 1..4 bits (any scheme) their packed index storage: above 4 bits an index
+    takes a whole byte, so the decoded int8 weight is stored instead (same size, no table, no decode)."""
     bits, scheme = cfg.weight_bits, cfg.weight_scheme
     if scheme == "uniform":
         plan.weight, plan.weight_scale = quantize_weights(
             layer.weight, bits, cfg.per_channel, cfg.weight_observer, cfg.percentile, pow2
         )
-        if bits < 8:
+        if S.slot_bits(bits) < 8:
             plan.codebook = _uniform_codebook(plan.weight, bits)
         return
     if pow2:
@@ -283,7 +284,8 @@ def _quantize_layer_weights(plan: LayerPlan, layer: Layer, cfg: LayerQuantConfig
     indices, table, plan.weight_scale = weight_codebooks(layer.weight, bits, scheme, per_channel=mode)
     flat = indices.reshape(indices.shape[0], -1).astype(np.int64)
     plan.weight = np.take_along_axis(table, flat, axis=1).reshape(indices.shape)
-    plan.codebook = WeightCodebook(indices, table, bits)
+    # 5..8-bit indices fill a byte each: storing the decoded int8 weight itself is as small and needs no table
+    plan.codebook = WeightCodebook(indices, table, bits) if S.slot_bits(bits) < 8 else None
 
 
 def _uniform_codebook(codes: np.ndarray, bits: int) -> WeightCodebook:
