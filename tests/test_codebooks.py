@@ -60,6 +60,16 @@ def test_quantile_bins_hold_equal_counts(data, bits):
     np.testing.assert_array_equal(np.concatenate(bins), np.sort(data))
 
 
+def test_quantile_gives_a_point_mass_its_own_level_and_splits_the_rest_equally():
+    """ReLU outputs: 60% exact zeros. Plain equal-population bins would spend 5 of 8 levels on the zeros."""
+    data = np.sort(np.concatenate((np.zeros(600), RNG.exponential(size=400))))
+    groups = cb.quantile_groups(data, 8)
+    assert [g.size for g in groups] == [600, 58, 57, 57, 57, 57, 57, 57]
+    levels = cb.quantile_levels(data, 3)
+    assert levels.size == 8 and levels[0] == 0.0
+    np.testing.assert_allclose(levels[1:], [g.mean() for g in groups[1:]])
+
+
 @pytest.mark.parametrize("center", ["mean", "median"])
 def test_quantile_levels_are_bin_centers(center):
     data = DISTRIBUTIONS["laplace"]
@@ -190,8 +200,9 @@ def test_degenerate_tensors_collapse(scheme):
 def test_kmeans_is_exact_on_few_distinct_values_and_refills_levels_on_sparse_data():
     three = np.repeat([-1.0, 0.0, 2.5], [40, 30, 30])
     np.testing.assert_array_equal(cb.kmeans_levels(three, 4), [-1.0, 0.0, 2.5])
-    sparse = RNG.laplace(size=2000) * (RNG.random(2000) < 0.3)  # 70% zeros: quantile loses most of its bins
-    assert cb.quantile_levels(sparse, 4).size < 16 and cb.kmeans_levels(sparse, 4).size == 16
+    sparse = RNG.laplace(size=2000) * (RNG.random(2000) < 0.3)  # 70% zeros: one level, the others for the rest
+    quantile = cb.quantile_levels(sparse, 4)
+    assert quantile.size == 16 and 0.0 in quantile and cb.kmeans_levels(sparse, 4).size == 16
 
 
 # ---------------------------------------------------------------------------------------- integer snapping
@@ -225,14 +236,17 @@ def check_weight_tables(weight, bits, indices, tables, scales, mode):
 @pytest.mark.parametrize("mode", [True, "normalized", False])
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_weight_codebooks(scheme, mode):
-    weight = RNG.normal(size=(6, 3, 3, 3)) * np.array([1, 0.01, 5, 0, 1, 1])[:, None, None, None]
+    rng = np.random.default_rng(6)  # own generator: the outcome must not depend on which tests ran before
+    weight = rng.normal(size=(6, 3, 3, 3)) * np.array([1, 0.01, 5, 0, 1, 1])[:, None, None, None]
     weight[5] = 0.7  # constant channel
     indices, tables, scales = cb.weight_codebooks(weight, 3, scheme, per_channel=mode)
     check_weight_tables(weight, 3, indices, tables, scales, mode)
     decoded = scales[:, None] * np.take_along_axis(tables, indices.reshape(6, -1).astype(np.int64), 1)
     assert np.all(decoded[3] == 0)  # the all-zero channel stays exactly zero
     if mode is not False:
-        np.testing.assert_allclose(decoded[5], 0.7, rtol=0.01)
+        # a shared pow2/APoT table's top level is the MSE-fitted alpha, not necessarily the channel maximum
+        rtol = 0.05 if mode == "normalized" and scheme in ("pow2", "apot") else 0.01
+        np.testing.assert_allclose(decoded[5], 0.7, rtol=rtol)
 
 
 def test_uniform_weight_codebook_at_8_bits_is_quantize_weights():

@@ -37,6 +37,7 @@ __all__ = [
     "apot_levels",
     "build_codebook",
     "equal_population_bins",
+    "quantile_groups",
     "kmeans_levels",
     "pow2_levels",
     "quantile_levels",
@@ -194,17 +195,51 @@ def equal_population_bins(sorted_values: np.ndarray, count: int) -> list[np.ndar
     return [group for group in np.array_split(sorted_values, count) if group.size]
 
 
+def quantile_groups(sorted_values: np.ndarray, count: int) -> list[np.ndarray]:
+    """Equal-population bins that respect point masses.
+
+    A value repeated more often than a bin would hold (ReLU's zeros, a pruned weight's zeros) gets a bin of its
+    own, and the remaining bins split the other values equally, run by run between such values (each run's share
+    of bins proportional to its size). Without that, the mass would fill several bins that collapse into one
+    level and leave the tail with few, coarse levels. Continuous data gives ``equal_population_bins`` exactly.
+    """
+    values, first, counts = np.unique(sorted_values, return_index=True, return_counts=True)
+    atoms = np.zeros(values.size, bool)
+    while (free := count - int(atoms.sum())) > 0:
+        rest = sorted_values.size - int(counts[atoms].sum())
+        new = ~atoms & (counts * free > rest)
+        if not new.any():
+            break
+        atoms |= new
+    if not atoms.any():
+        return equal_population_bins(sorted_values, count)
+    cuts = np.sort(np.concatenate((first[atoms], first[atoms] + counts[atoms])))
+    pieces = np.split(sorted_values, cuts)  # run, atom, run, atom, ..., run
+    runs = pieces[0::2]
+    sizes = np.array([r.size for r in runs], np.float64)
+    free = max(count - int(atoms.sum()), 0)
+    shares = free * sizes / sizes.sum() if sizes.sum() else np.zeros_like(sizes)
+    alloc = np.floor(shares).astype(int)
+    for k in np.argsort(alloc - shares)[: free - int(alloc.sum())]:  # largest remainders first
+        alloc[k] += 1
+    groups: list[np.ndarray] = []
+    for k, piece in enumerate(pieces):
+        groups += [piece] if k % 2 else equal_population_bins(piece, int(alloc[k // 2])) if alloc[k // 2] else []
+    return [g for g in groups if g.size]
+
+
 def _bin_centers(data: np.ndarray, bits: int, center: str) -> np.ndarray:
     if center not in ("mean", "median"):
         raise ConfigError(f"quantile option center must be 'mean' or 'median', got {center!r}")
     reduce = np.mean if center == "mean" else np.median
     # Clipping into the bin's range keeps constant bins exact despite rounding in the sum.
-    return np.array([np.clip(reduce(g), g[0], g[-1]) for g in equal_population_bins(data, 2**bits)])
+    return np.array([np.clip(reduce(g), g[0], g[-1]) for g in quantile_groups(data, 2**bits)])
 
 
 @_builder
 def quantile_levels(data: np.ndarray, bits: int, center: str = "mean") -> np.ndarray:
-    """Equal-population bins: dense levels where values are dense; each level the bin's mean (or median)."""
+    """Equal-population bins (``quantile_groups``: point masses get their own level): dense levels where values are
+    dense; each level the bin's mean (or median)."""
     return _bin_centers(data, bits, center)
 
 
