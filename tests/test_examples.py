@@ -13,11 +13,14 @@ from tvmq.examples import ExampleModel, available, load
 
 ort = pytest.importorskip("onnxruntime")
 
-NAMES = ["basicmotions", "digits"]
-MIN_ACCURACY = {"digits": 0.95, "basicmotions": 0.85}
+NAMES = ["basicmotions", "digits", "digits_mbv1", "digits_res8", "vowels_dscnn"]
+MIN_ACCURACY = {"digits": 0.95, "basicmotions": 0.85, "digits_res8": 0.95, "digits_mbv1": 0.95, "vowels_dscnn": 0.95}
 EXPECTED_OPS = {
     "digits": {"Conv", "BatchNormalization", "Relu", "Clip", "MaxPool", "Flatten", "Gemm"},
     "basicmotions": {"Conv", "BatchNormalization", "Relu", "MaxPool", "GlobalAveragePool", "Flatten", "Gemm"},
+    "digits_res8": {"Add", "BatchNormalization", "Conv", "Flatten", "Gemm", "GlobalAveragePool", "Relu"},
+    "digits_mbv1": {"BatchNormalization", "Clip", "Conv", "Flatten", "Gemm", "GlobalAveragePool"},
+    "vowels_dscnn": {"BatchNormalization", "Conv", "Flatten", "Gemm", "GlobalAveragePool", "Relu"},
 }
 
 
@@ -25,7 +28,7 @@ def _meta(ex: ExampleModel) -> dict:
     return json.loads(ex.model_path.with_suffix(".json").read_text())
 
 
-def test_available_lists_both_examples() -> None:
+def test_available_lists_every_example() -> None:
     assert available() == NAMES
 
 
@@ -87,3 +90,16 @@ def test_unknown_name_raises_config_error_listing_available() -> None:
     assert "mnist" in message
     for name in NAMES:
         assert name in message
+
+
+@pytest.mark.parametrize("name", ["digits_res8", "digits_mbv1", "vowels_dscnn"])
+def test_zoo_models_quantize_to_int8_near_float_and_run_bit_exactly_on_qemu(name: str) -> None:
+    """The seed study's families (residual ResNet-8, depthwise MobileNetV1, DS-CNN) through the whole pipeline."""
+    import tvmq
+
+    ex = load(name)
+    q = tvmq.quantize(ex.model_path, ex.calibration, progress=False)
+    assert float(np.mean(q.predict(ex.x_test).argmax(-1) == ex.y_test)) >= ex.float_accuracy - 0.01
+    x = ex.x_test[:12]
+    result = tvmq.qemu.run(tvmq.build(q, name=name), x, progress=False)
+    np.testing.assert_array_equal(result.raw_outputs, q.run_int(q.quantize_input(x)))
