@@ -246,3 +246,17 @@ def test_constant_activations_collapse_to_one_level() -> None:
     cb = conv.out_codebook
     assert cb is not None and cb.levels.size == 1 and conv.output.dequantize(cb.levels)[0] == 0.0
     assert np.all(np.isfinite(q.predict(np.ones((3, 2, 1), np.float32))))
+
+
+def test_quantile_center_median_is_a_config_option(digits) -> None:
+    tables = {}
+    for center in ("mean", "median"):
+        cfg = tvmq.QuantConfig(weight_bits=3, weight_scheme="quantile", act_bits=3, act_scheme="quantile",
+                               quantile_center=center)  # fmt: skip
+        q = tvmq.quantize(digits.model_path, digits.calibration[:128], cfg, progress=False)
+        conv = [lp for lp in q.plan.layers if lp.kind == "conv2d"][1]  # 144 weights per channel: real bins
+        tables[center] = (conv.codebook.table.copy(), conv.out_codebook.table.copy())
+    assert not np.array_equal(tables["mean"][0], tables["median"][0])
+    assert not np.array_equal(tables["mean"][1], tables["median"][1])
+    with pytest.raises(ConfigError, match="quantile_center must be one of"):
+        tvmq.QuantConfig(quantile_center="mode")

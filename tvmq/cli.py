@@ -12,7 +12,7 @@ import numpy as np
 
 from . import examples
 from .codegen import build
-from .config import ACT_SCHEMES, CODEBOOK_MODES, OBSERVERS, WEIGHT_SCHEMES, QuantConfig
+from .config import ACT_SCHEMES, CODEBOOK_MODES, OBSERVERS, QUANTILE_CENTERS, WEIGHT_SCHEMES, QuantConfig
 from .errors import CalibrationDataError, TvmqError
 from .quant.quantize import quantize
 from .target import CORES, parse_target
@@ -110,6 +110,7 @@ def _config(args: argparse.Namespace) -> QuantConfig:
         weight_bits=args.weight_bits, act_bits=args.act_bits, weight_observer=args.weight_observer,
         act_observer=args.act_observer, per_channel=not args.per_tensor, pow2_scales=args.pow2,
         weight_scheme=args.weight_scheme, act_scheme=args.act_scheme, codebook_mode=args.codebook_mode,
+        quantile_center=args.quantile_center,
     )  # fmt: skip
 
 
@@ -183,6 +184,12 @@ def _add_quant_options(p: argparse.ArgumentParser) -> None:
         choices=ACT_SCHEMES,
         default="uniform",
         help="activation levels of conv/dense outputs: uniform grid or a codebook (LUT-requantize)",
+    )
+    p.add_argument(
+        "--quantile-center",
+        choices=QUANTILE_CENTERS,
+        default="mean",
+        help="quantile codebooks: each level is its bin's mean or median",
     )
     p.add_argument("--codebook-mode", choices=CODEBOOK_MODES, default="per_channel",
                    help="one weight codebook per output channel, or one per layer on normalised channels")  # fmt: skip

@@ -18,6 +18,7 @@ WEIGHT_SCHEMES = ("uniform", "quantile", "kmeans", "pow2", "apot")
 # Activation codebooks: one per tensor from calibration values, produced by LUT-requantize in conv/dense layers.
 ACT_SCHEMES = WEIGHT_SCHEMES
 CODEBOOK_MODES = ("per_channel", "normalized")
+QUANTILE_CENTERS = ("mean", "median")  # which value of its bin a quantile level is
 
 # Fields a per-layer override may change (everything that describes how one layer is quantized).
 LAYER_FIELDS = (
@@ -30,6 +31,7 @@ LAYER_FIELDS = (
     "weight_scheme",
     "act_scheme",
     "codebook_mode",
+    "quantile_center",
 )
 
 
@@ -46,6 +48,7 @@ class LayerQuantConfig:
     weight_scheme: str
     act_scheme: str
     codebook_mode: str
+    quantile_center: str
 
 
 @dataclass
@@ -63,7 +66,8 @@ class QuantConfig:
     indices into an int8 codebook: ``"quantile"`` (equal-population bins), ``"kmeans"`` (MSE-optimal, Lloyd-Max),
     ``"pow2"``/``"apot"`` (power-of-two / additive powers-of-two levels). ``codebook_mode`` is ``"per_channel"``
     (one codebook per output channel) or ``"normalized"`` (one per layer on channel-normalised weights, each
-    channel with its own scale). Uniform weights below 8 bits are packed the same way.
+    channel with its own scale). ``quantile_center`` makes each quantile level its bin's ``"mean"`` or
+    ``"median"``. Uniform weights below 8 bits are packed the same way.
 
     ``act_scheme`` other than ``"uniform"`` gives the output of each conv/dense layer (and the model input, by the
     first layer's setting) a codebook of 2^``act_bits`` levels fitted to its calibration values: the layer ends in
@@ -80,6 +84,7 @@ class QuantConfig:
     weight_scheme: str = "uniform"
     act_scheme: str = "uniform"
     codebook_mode: str = "per_channel"
+    quantile_center: str = "mean"
     pow2_scales: bool = False
     max_calibration_samples: int = 1024
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -145,7 +150,7 @@ def _check_layer_fields(fields: dict[str, Any], where: str) -> None:
         if name in fields and fields[name] not in OBSERVERS:
             raise ConfigError(f"{where}.{name} must be one of {list(OBSERVERS)}, got {fields[name]!r}")
     for name, allowed in (("weight_scheme", WEIGHT_SCHEMES), ("act_scheme", ACT_SCHEMES),
-                          ("codebook_mode", CODEBOOK_MODES)):  # fmt: skip
+                          ("codebook_mode", CODEBOOK_MODES), ("quantile_center", QUANTILE_CENTERS)):  # fmt: skip
         if name in fields and fields[name] not in allowed:
             raise ConfigError(f"{where}.{name} must be one of {list(allowed)}, got {fields[name]!r}")
     if "per_channel" in fields and not isinstance(fields["per_channel"], bool):

@@ -178,7 +178,9 @@ def _check_act_scheme(layer: Layer, config: QuantConfig, producers: dict) -> Non
 
 def _act_codebook(observer: ActivationObserver, cfg: LayerQuantConfig, qp: QParams, clamp, packed: bool):
     """The codebook of an activation from its calibration values, levels kept inside the fused clamp."""
-    table = activation_codebook(observer.values(), cfg.act_bits, cfg.act_scheme, qp)
+    table = activation_codebook(
+        observer.values(), cfg.act_bits, cfg.act_scheme, qp, **_scheme_options(cfg.act_scheme, cfg)
+    )
     lo, hi = qp.clamp_codes(*clamp)
     levels = np.unique(np.clip(table.astype(np.int32), lo, hi))
     table = np.pad(levels, (0, 2**cfg.act_bits - levels.size), mode="edge").astype(np.int8)
@@ -281,11 +283,17 @@ def _quantize_layer_weights(plan: LayerPlan, layer: Layer, cfg: LayerQuantConfig
             "applies to weight_scheme='uniform' (pow2 levels: weight_scheme='pow2')"
         )
     mode = "normalized" if cfg.codebook_mode == "normalized" else cfg.per_channel
-    indices, table, plan.weight_scale = weight_codebooks(layer.weight, bits, scheme, per_channel=mode)
+    indices, table, plan.weight_scale = weight_codebooks(layer.weight, bits, scheme, per_channel=mode,
+                                                         **_scheme_options(scheme, cfg))  # fmt: skip
     flat = indices.reshape(indices.shape[0], -1).astype(np.int64)
     plan.weight = np.take_along_axis(table, flat, axis=1).reshape(indices.shape)
     # 5..8-bit indices fill a byte each: storing the decoded int8 weight itself is as small and needs no table
     plan.codebook = WeightCodebook(indices, table, bits) if S.slot_bits(bits) < 8 else None
+
+
+def _scheme_options(scheme: str, cfg: LayerQuantConfig) -> dict:
+    """Builder options the config sets for ``scheme`` (only quantile has one today)."""
+    return {"center": cfg.quantile_center} if scheme == "quantile" else {}
 
 
 def _uniform_codebook(codes: np.ndarray, bits: int) -> WeightCodebook:
