@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from tvm import te, tirx
 
-from .fixed_point import clamp, dtype_of, i32
+from .fixed_point import clamp, dtype_of, i32, requantize
 
 
 def pool_out_size(size: int, k: int, stride: int, pad_lo: int, pad_hi: int, ceil_mode: bool = False) -> int:
@@ -171,3 +171,21 @@ def qglobal_avg_pool2d(
     """Average over the whole H x W plane (TFLM AveragePool with a full-size window): NHWC -> N11C."""
     _, h, w, _ = (int(d) for d in x.shape)
     return qavg_pool2d(x, (h, w), (1, 1), (0, 0, 0, 0), act_min=act_min, act_max=act_max, name=name)
+
+
+def qmean(x: te.Tensor, *, mult: int, shift: int, in_zp: int, out_zp: int, name: str = "qmean") -> te.Tensor:
+    """TFLM's int8 MEAN over H and W (NHWC -> N11C) onto another grid (reference ``QuantizedMeanOrSum``):
+    ``clamp(MBQM(sum(x) - in_zp * count, mult, shift) + out_zp)``, where ``mult``/``shift`` already fold
+    ``1 / count`` into the scale ratio (``tvmq.quant.fixed_point.mean_multiplier``)."""
+    n, h, w, c = (int(d) for d in x.shape)
+    rh = te.reduce_axis((0, h), name="rh")
+    rw = te.reduce_axis((0, w), name="rw")
+    acc = te.compute((n, 1, 1, c), lambda b, i, j, k: te.sum(i32(x[b, rh, rw, k]), axis=[rh, rw]), name=name + "_sum")
+
+    def f(b, i, j, k):
+        centred = acc[b, i, j, k] - tirx.const(int(in_zp) * h * w, "int32")
+        return clamp(requantize(centred, int(mult), int(shift)) + tirx.const(int(out_zp), "int32"), -128, 127).astype(
+            "int8"
+        )
+
+    return te.compute((n, 1, 1, c), f, name=name)

@@ -28,7 +28,7 @@ from .data_movement import qconcat, qpad, qtranspose
 from .dense import qdense
 from .elementwise import dequantize, qadd, qclamp, qlut, qrequantize, quantize
 from .fixed_point import i32
-from .pool import qavg_pool2d, qmax_pool2d
+from .pool import qavg_pool2d, qmax_pool2d, qmean
 from .softmax import qsoftmax
 
 
@@ -308,6 +308,12 @@ def qavg_pool2d_primfunc(
         act_min=act_min, act_max=act_max,
     )  # fmt: skip
     return _prim_func([x, out])
+
+
+def qmean_primfunc(shape: Sequence[int], *, mult: int, shift: int, in_zp: int, out_zp: int) -> tirx.PrimFunc:
+    """Args: x int8 (N,H,W,C), output int8 (N,1,1,C): TFLM's MEAN between two grids (``schedules.pool.qmean``)."""
+    x = te.placeholder(_shape(shape), "int8", name="x")
+    return _prim_func([x, qmean(x, mult=mult, shift=shift, in_zp=in_zp, out_zp=out_zp)])
 
 
 def qsoftmax_primfunc(shape: Sequence[int], *, axis: int = -1) -> tirx.PrimFunc:

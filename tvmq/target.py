@@ -31,7 +31,8 @@ class Core:
         flags = [f"-mcpu={self.name}", "-mthumb"]
         if self.fpu is None:
             return [*flags, "-mfloat-abi=soft"]
-        return [*flags, "-mfloat-abi=hard", f"-mfpu={self.fpu}"]
+        # no fused multiply-add: float steps (quantize, TFLM's MEAN) must round exactly as on the host
+        return [*flags, "-mfloat-abi=hard", f"-mfpu={self.fpu}", "-ffp-contract=off"]
 
 
 CORES: dict[str, Core] = {

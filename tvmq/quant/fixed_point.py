@@ -163,3 +163,12 @@ def lut_int8(
         raise ValueError("lut_int8: fn returned non-finite values")
     out = round_half_away(y / float(out_scale)) + int(out_zp)
     return np.clip(out, qmin, qmax).astype(np.int8)
+
+
+def mean_multiplier(real: float, count: int) -> tuple[int, int]:
+    """Multiplier and shift of TFLite's quantized MEAN: ``QuantizeMultiplier(real)`` with ``1 / count`` folded in
+    as TFLite's reference ``QuantizedMeanOrSum`` does (shift by floor(log2(count)) <= 32, integer division)."""
+    mult, shift = quantize_multiplier(np.array([real], np.float64))
+    mult, shift = int(mult[0]), int(shift[0])
+    extra = min(count.bit_length() - 1, 32, 31 + shift)
+    return int((mult << extra) // count), shift - extra
