@@ -16,6 +16,7 @@ from tvm import relax
 
 from .. import schedules as S
 from ..quant.codebooks import nl_quantize_thresholds
+from ..quant.fixed_point import mean_multiplier
 from ..quant.plan import ActCodebook, LayerPlan, QuantPlan
 from .layers import WEIGHTED_KINDS, Layer
 
@@ -257,8 +258,13 @@ class _Realizer:
         nhwc = shape if len(shape) == 4 else (shape[0], 1, shape[1], shape[2])
         if nhwc != shape:
             data = self._reshape(data, nhwc)
-        prim = S.qavg_pool2d_primfunc(nhwc, pool=nhwc[1:3], strides=(1, 1), act_min=lp.act_min,
-                                      act_max=lp.act_max)  # fmt: skip
+        if lp.output != lp.inputs[0]:  # a pre-quantized model's MEAN onto another grid: TFLM's arithmetic
+            mult, shift = mean_multiplier(lp.inputs[0].scale / lp.output.scale, nhwc[1] * nhwc[2])
+            prim = S.qmean_primfunc(nhwc, mult=mult, shift=shift, in_zp=lp.inputs[0].zero_point,
+                                    out_zp=lp.output.zero_point)  # fmt: skip
+        else:
+            prim = S.qavg_pool2d_primfunc(nhwc, pool=nhwc[1:3], strides=(1, 1), act_min=lp.act_min,
+                                          act_max=lp.act_max)  # fmt: skip
         out = self._layer_call(layer, prim, [data], (nhwc[0], 1, 1, nhwc[3]))
         return self._reshape(out, layer.out_shape)
 

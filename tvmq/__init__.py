@@ -23,6 +23,7 @@ from .errors import (
 )
 from .frontends import from_onnx, from_tflite, load_model
 from .quant.model import QuantizedModel
+from .quant.prequantized import load_quantized
 from .quant.quantize import quantize
 
 __version__ = "0.1.0"
@@ -49,4 +50,5 @@ __all__ = [
     "load_model",
     "qemu",
     "quantize",
+    "load_quantized",
 ]

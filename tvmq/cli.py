@@ -13,7 +13,8 @@ import numpy as np
 from . import examples
 from .codegen import build
 from .config import ACT_SCHEMES, CODEBOOK_MODES, OBSERVERS, QUANTILE_CENTERS, WEIGHT_SCHEMES, QuantConfig
-from .errors import CalibrationDataError, TvmqError
+from .errors import CalibrationDataError, ConfigError, TvmqError
+from .quant.prequantized import load_quantized
 from .quant.quantize import quantize
 from .target import CORES, parse_target
 
@@ -114,9 +115,19 @@ def _config(args: argparse.Namespace) -> QuantConfig:
     )  # fmt: skip
 
 
+def _load(args: argparse.Namespace) -> Any:
+    """Calibrate and quantize a float model, or, without --calib, take a full-integer int8 model as it is."""
+    if args.calib is None:
+        if not str(args.model).lower().endswith(".tflite"):
+            raise ConfigError(f"{args.model}: --calib is required to quantize a float model; only full-integer "
+                              "int8 .tflite models are taken without it")  # fmt: skip
+        return load_quantized(args.model)
+    return quantize(args.model, args.calib, _config(args))
+
+
 def cmd_quantize(args: argparse.Namespace) -> int:
     """Quantize a model file and print its layer summary (and optionally its accuracy on labelled data)."""
-    qmodel = quantize(args.model, args.calib, _config(args))
+    qmodel = _load(args)
     print(qmodel.summary())
     if args.test:
         data = np.load(args.test)
@@ -127,7 +138,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 def cmd_build(args: argparse.Namespace) -> int:
     """Quantize a model and write its standalone C library."""
     parse_target(args.target)  # a typo in the target fails before minutes of calibration
-    qmodel = quantize(args.model, args.calib, _config(args))
+    qmodel = _load(args)
     name = args.name or Path(args.model).stem
     _status(f"building C for {args.target}")
     artifact = build(qmodel, target=args.target, name=name)
@@ -170,7 +181,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 # -- parser ----------------------------------------------------------------------------------------------------------
 def _add_quant_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="float model file (.onnx or .tflite)")
-    p.add_argument("--calib", required=True, help="calibration samples (.npy, or .npz with 'calibration'/'x')")
+    p.add_argument(
+        "--calib",
+        help="calibration samples (.npy, or .npz with 'calibration'/'x'); leave out for a "
+        "full-integer int8 .tflite, whose own quantization is kept (tvmq.load_quantized)",
+    )
     p.add_argument("--weight-bits", type=int, default=8)
     p.add_argument("--act-bits", type=int, default=8)
     p.add_argument("--weight-observer", choices=OBSERVERS, default="minmax")

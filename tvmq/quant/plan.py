@@ -111,9 +111,11 @@ class QuantPlan:
 
 
 def make_plan(
-    layers: list[Layer], input_var, observers: dict, config: QuantConfig
+    layers: list[Layer], input_var, observers: dict, config: QuantConfig, fixed_weights: dict | None = None
 ) -> QuantPlan:  # fmt: skip
-    """Derive all integer parameters. ``observers`` maps the input var and each layer output var to its observer."""
+    """Derive all integer parameters. ``observers`` maps the input var and each layer output var to its observer,
+    or to the ``QParams`` a pre-quantized model fixes; ``fixed_weights`` maps a layer name to its given
+    ``(int8 weight, scales, int32 bias or None)``."""
     pow2 = config.pow2_scales
     # the model input is quantized as its first conv/dense layer says (a layout transpose may come before it)
     first = config.for_layer(next((lay.name for lay in layers if lay.kind in WEIGHTED_KINDS), ""))
@@ -132,7 +134,9 @@ def make_plan(
         in_qps = [tensors[v] for v in layer.inputs]
         in_cbs = [codebooks.get(v) for v in layer.inputs]
         coded = cfg.act_scheme != "uniform" and layer.kind in WEIGHTED_KINDS
-        if layer.kind in SAME_QPARAMS_KINDS:
+        if isinstance(observers.get(layer.output), QParams):  # given by a pre-quantized model
+            out_qp = observers[layer.output]
+        elif layer.kind in SAME_QPARAMS_KINDS:
             out_qp = in_qps[0]
         elif layer.kind in ("softmax", "sigmoid"):
             out_qp = PROBABILITY_QPARAMS
@@ -148,7 +152,7 @@ def make_plan(
             plan.out_codebook = _act_codebook(observers[layer.output], cfg, out_qp, clamp, packed)
         else:
             plan.out_codebook = _passed_codebook(layer, in_cbs[0] if in_cbs else None, out_qp, last)
-        _fill_kind_params(plan, layer, cfg, pow2)
+        _fill_kind_params(plan, layer, cfg, pow2, (fixed_weights or {}).get(layer.name))
         tensors[layer.output] = out_qp
         if plan.out_codebook is not None:
             codebooks[layer.output] = plan.out_codebook
@@ -200,7 +204,9 @@ def _passed_codebook(layer: Layer, cb: ActCodebook | None, qp: QParams, last: bo
     return cb
 
 
-def _observed(observer: ActivationObserver, bits: int, method: str, percentile: float, pow2: bool) -> QParams:
+def _observed(observer: ActivationObserver | QParams, bits: int, method: str, percentile: float, pow2: bool) -> QParams:
+    if isinstance(observer, QParams):  # a pre-quantized model's own qparams: kept exactly
+        return observer
     low, high = observer.range(method, bits, percentile)
     return activation_qparams(low, high, bits, pow2)
 
@@ -213,12 +219,15 @@ def _requant(real: np.ndarray, pow2: bool) -> tuple[np.ndarray | None, np.ndarra
     return np.asarray(mult, np.int32).reshape(real.shape), np.asarray(shift, np.int32).reshape(real.shape)
 
 
-def _fill_kind_params(plan: LayerPlan, layer: Layer, cfg: LayerQuantConfig, pow2: bool) -> None:
+def _fill_kind_params(plan: LayerPlan, layer: Layer, cfg: LayerQuantConfig, pow2: bool, fixed=None) -> None:
     in_qp, out_qp = plan.inputs[0], plan.output
     if layer.kind in WEIGHTED_KINDS:
-        _quantize_layer_weights(plan, layer, cfg, pow2)
-        if layer.bias is not None:
-            plan.bias = quantize_bias(layer.bias, in_qp.scale, plan.weight_scale)
+        if fixed is not None:
+            plan.weight, plan.weight_scale, plan.bias = fixed
+        else:
+            _quantize_layer_weights(plan, layer, cfg, pow2)
+            if layer.bias is not None:
+                plan.bias = quantize_bias(layer.bias, in_qp.scale, plan.weight_scale)
         if plan.out_codebook is None:
             plan.multiplier, plan.shift = _requant(in_qp.scale * plan.weight_scale / out_qp.scale, pow2)
         else:

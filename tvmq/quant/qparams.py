@@ -45,8 +45,8 @@ class QParams:
     def clamp_codes(self, low: float, high: float) -> tuple[int, int]:
         """The integer range of a fused activation clamp ``[low, high]`` (real values) on this grid."""
 
-        def code(value: float) -> int:
-            return int(round_half_away(value / self.scale)) + self.zero_point
+        def code(value: float) -> int:  # float32 division, as TFLM's CalculateActivationRangeQuantized
+            return int(round_half_away(np.float32(value) / np.float32(self.scale))) + self.zero_point
 
         lo = self.qmin if low == -math.inf else max(self.qmin, code(low))
         hi = self.qmax if high == math.inf else min(self.qmax, code(high))
