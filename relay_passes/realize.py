@@ -143,8 +143,9 @@ class _Realizer:
                                    pad_value=lp.params["pad_code"])  # fmt: skip
             return self._layer_call(layer, prim, inputs)
         if kind == "softmax":
-            prim = S.qsoftmax_primfunc(layer.in_shapes[0], axis=-1)
-            return self._layer_call(layer, prim, [inputs[0], relax.const(lp.params["lut"])])
+            prim = S.qsoftmax_tflm_primfunc(layer.in_shapes[0])
+            args = [inputs[0], relax.const(lp.params["exp"]), relax.const(lp.params["sums"])]
+            return self._layer_call(layer, prim, args)
         if kind == "sigmoid":
             prim = S.qlut_primfunc(layer.in_shapes[0])
             return self._layer_call(layer, prim, [inputs[0], relax.const(lp.params["table"])], inplace=(0,))

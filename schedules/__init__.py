@@ -52,6 +52,7 @@ from .primfuncs import (
     qpad_primfunc,
     qrequantize_primfunc,
     qsoftmax_primfunc,
+    qsoftmax_tflm_primfunc,
     qtranspose_primfunc,
     quantize_primfunc,
 )
@@ -110,6 +111,7 @@ __all__ = [
     "qmax_pool2d_primfunc",
     "qavg_pool2d_primfunc",
     "qsoftmax_primfunc",
+    "qsoftmax_tflm_primfunc",
     "qpad_primfunc",
     "qconcat_primfunc",
     "quantize_primfunc",

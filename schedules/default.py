@@ -14,6 +14,7 @@ import contextlib
 from tvm import s_tir, tirx
 
 from .codebook import ACT_DECODE, ACT_PACK
+from .softmax import KEEP_STAGE
 
 WEIGHT_DECODE = "weight_decode"  # the block name ``schedules.codebook.decode_weight`` gives its compute
 
@@ -27,6 +28,8 @@ def default_schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
             continue
         if sch.get(block).name_hint == ACT_DECODE:
             continue  # placed (or inlined) by _decode_input_rows
+        if KEEP_STAGE in sch.get(block).name_hint:
+            continue  # a chain of per-row steps (softmax's reciprocal): inlined, it would blow up exponentially
         if not _is_reduction(sch, block) and sch.get_consumers(block):
             # a producer read by a reduction with a non-affine index cannot inline: it stays materialised
             with contextlib.suppress(s_tir.ScheduleError):

@@ -29,7 +29,7 @@ from .dense import qdense
 from .elementwise import dequantize, qadd, qclamp, qlut, qrequantize, quantize
 from .fixed_point import i32
 from .pool import qavg_pool2d, qmax_pool2d, qmean
-from .softmax import qsoftmax
+from .softmax import qsoftmax, qsoftmax_tflm
 
 
 def _prim_func(args: Sequence[te.Tensor]) -> tirx.PrimFunc:
@@ -321,6 +321,14 @@ def qsoftmax_primfunc(shape: Sequence[int], *, axis: int = -1) -> tirx.PrimFunc:
     x = te.placeholder(_shape(shape), "int8", name="x")
     lut = te.placeholder((256,), "int32", name="lut")
     return _prim_func([x, lut, qsoftmax(x, lut, axis)])
+
+
+def qsoftmax_tflm_primfunc(shape: Sequence[int]) -> tirx.PrimFunc:
+    """Args: x int8, exp int32 (256,), sums int32 (256,) from ``tflm_softmax_tables``, output int8 (TFLM's)."""
+    x = te.placeholder(_shape(shape), "int8", name="x")
+    exp = te.placeholder((256,), "int32", name="exp")
+    sums = te.placeholder((256,), "int32", name="sums")
+    return _prim_func([x, exp, sums, qsoftmax_tflm(x, exp, sums)])
 
 
 def qpad_primfunc(

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import tvmq
-from tvmq.errors import ModelLoadError, UnsupportedOpError
+from tvmq.errors import ModelLoadError
 
 runtime = pytest.importorskip("tflite_micro.python.tflite_micro.runtime")
 
@@ -76,9 +76,15 @@ def test_float_and_dynamic_range_models_are_sent_to_quantize() -> None:
             tvmq.load_quantized(Path(__file__).parent / "data" / "tflite" / f"{name}.tflite")
 
 
-def test_unsupported_int8_op_is_named() -> None:
-    with pytest.raises(UnsupportedOpError, match=r"SOFTMAX \(node"):
-        tvmq.load_quantized(Path(__file__).parent / "data" / "tflite" / "int8_full.tflite")
+def test_softmax_model_equals_tflite_micro_on_host_and_qemu() -> None:
+    """TFLM's gemmlowp softmax (exp table, Newton-Raphson reciprocal) reproduced byte for byte."""
+    path = Path(__file__).parent / "data" / "tflite" / "int8_full.tflite"
+    q = tvmq.load_quantized(path)
+    x = np.random.default_rng(3).integers(-128, 128, size=(30, *q.input_shape[1:])).astype(np.int8)
+    expected = _tflm(path, x)
+    np.testing.assert_array_equal(q.run_int(x), expected)
+    result = tvmq.qemu.run(tvmq.build(q, name="softmax_cnn"), x[:6], progress=False)
+    np.testing.assert_array_equal(result.raw_outputs, expected[:6])
 
 
 def test_damaged_files_and_other_formats_are_refused(tmp_path: Path) -> None:

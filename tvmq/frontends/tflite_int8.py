@@ -42,7 +42,7 @@ __all__ = ["INT8_TFLITE_OPS", "QuantizedTFLite", "read_int8_tflite", "tensor_var
 #: Ops of full-integer models whose TFLite Micro reference arithmetic tvmq reproduces bit for bit.
 INT8_TFLITE_OPS: frozenset[str] = frozenset(
     {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MAX_POOL_2D", "AVERAGE_POOL_2D", "RESHAPE",
-     "PAD", "QUANTIZE", "DEQUANTIZE", "RELU", "RELU6", "SQUEEZE", "EXPAND_DIMS", "MEAN"}
+     "PAD", "QUANTIZE", "DEQUANTIZE", "RELU", "RELU6", "SQUEEZE", "EXPAND_DIMS", "MEAN", "SOFTMAX"}
 )  # fmt: skip
 _WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 
@@ -78,7 +78,7 @@ def read_int8_tflite(model: str | os.PathLike[str] | bytes) -> QuantizedTFLite:
     raise_if_unsupported("int8 TFLite", _found_ops(tfl, sg), INT8_TFLITE_OPS | {_RUNTIME_DEQUANTIZE})
     info = _Reader(tfl, sg, label).read()
     dequantized = {i: _real(w, s, tfl, sg, i) for i, (w, s) in info.weights.items()}
-    dequantized |= {i: _real_bias(b, tfl, sg, i) for i, b in info.biases.items()}
+    dequantized |= {i: _real_bias(b, sg, i, label) for i, b in info.biases.items()}
     converter = functools.partial(_float_converter_class(), dequantized=dequantized)
     input_name = _tensor_name(sg, int(sg.InputsAsNumpy()[0]))
     try:
@@ -130,6 +130,8 @@ class _Reader:
                 info.weights[inputs[1]] = self._weights(inputs[1], kind)
                 if len(inputs) > 2 and inputs[2] >= 0:
                     info.biases[inputs[2]] = self._bias(inputs[2], kind)
+            if kind == "QUANTIZE" and self._type(inputs[0]) == _UINT8:
+                self._activation_qparams(inputs[0], "model input")  # raises the uint8 message
             if kind == "QUANTIZE" and self._type(inputs[0]) != _FLOAT32:
                 raise ModelLoadError(
                     f"'{self.label}': QUANTIZE of int8 tensor '{_tensor_name(sg, inputs[0])}' (a requantization "
@@ -238,11 +240,12 @@ def _real(values: np.ndarray, scales: np.ndarray, model: Any, sg: Any, idx: int)
     return (values.astype(np.float64) * scales.astype(np.float64).reshape(shape)).astype(np.float32)
 
 
-def _real_bias(values: np.ndarray, model: Any, sg: Any, idx: int) -> np.ndarray:
+def _real_bias(values: np.ndarray, sg: Any, idx: int, label: str) -> np.ndarray:
     q = sg.Tensors(idx).Quantization()
     scales = q.ScaleAsNumpy().astype(np.float64) if q is not None and q.ScaleLength() else np.ones(1)
     if not np.all(np.isfinite(scales) & (scales > 0)):
-        raise ModelLoadError(f"bias '{_tensor_name(sg, idx)}' has non-positive or non-finite scales")
+        raise ModelLoadError(f"'{label}': bias '{_tensor_name(sg, idx)}' has scale(s) {scales.tolist()[:4]}; scales "
+                             "must be positive and finite")  # fmt: skip
     return (values.astype(np.float64) * scales).astype(np.float32)
 
 

@@ -172,3 +172,76 @@ def mean_multiplier(real: float, count: int) -> tuple[int, int]:
     mult, shift = int(mult[0]), int(shift[0])
     extra = min(count.bit_length() - 1, 32, 31 + shift)
     return int((mult << extra) // count), shift - extra
+
+
+# ---------------------------------------------------------------------- TFLite Micro's int8 softmax (gemmlowp)
+# Compile-time part of TFLM's reference int8 softmax: the exp of every possible input difference (an int8 row
+# minus its max takes 256 values) in gemmlowp's fixed point, exactly as its integer arithmetic computes it. The
+# run-time part (sum, reciprocal, scaling) is the TE compute ``schedules.softmax.qsoftmax_tflm``.
+_I32_MIN, _I32_MAX = -(2**31), 2**31 - 1
+
+
+def _srdhm(a: int, b: int) -> int:
+    """gemmlowp SaturatingRoundingDoublingHighMul on Python ints."""
+    if a == b == _I32_MIN:
+        return _I32_MAX
+    ab = a * b
+    nudge = (1 << 30) if ab >= 0 else 1 - (1 << 30)
+    total = ab + nudge
+    return (abs(total) >> 31) * (1 if total >= 0 else -1)  # C truncating division by 2^31
+
+
+def _rdbpot(x: int, exponent: int) -> int:
+    """gemmlowp RoundingDivideByPOT on Python ints."""
+    mask = (1 << exponent) - 1
+    remainder = x & mask
+    threshold = (mask >> 1) + (1 if x < 0 else 0)
+    return (x >> exponent) + (1 if remainder > threshold else 0)
+
+
+def _exp_on_interval(a: int) -> int:
+    """exp(a) for a in [-1/4, 0), Q0.31 (gemmlowp exp_on_interval_between_negative_one_quarter_and_0_excl)."""
+    constant_term, one_third = 1895147668, 715827883
+    x = a + (1 << 28)
+    x2 = _srdhm(x, x)
+    x3 = _srdhm(x2, x)
+    x4 = _srdhm(x2, x2)
+    x4_over_4 = _rdbpot(x4, 2)
+    poly = _rdbpot(_srdhm(x4_over_4 + x3, one_third) + x2, 1)
+    return constant_term + _srdhm(constant_term, x + poly)
+
+
+def _exp_on_negative_values_q5(a: int) -> int:
+    """gemmlowp exp_on_negative_values for a Q5.26 input a <= 0, result Q0.31."""
+    fractional_bits, integer_bits = 26, 5
+    one_quarter = 1 << (fractional_bits - 2)
+    mask = one_quarter - 1
+    a_mod = (a & mask) - one_quarter
+    shifted = a_mod << integer_bits  # Rescale<0>: saturating, but |a_mod| <= 2^24 never saturates here
+    result = _exp_on_interval(max(_I32_MIN, min(_I32_MAX, shifted)))
+    remainder = a_mod - a
+    for exponent, multiplier in ((-2, 1672461947), (-1, 1302514674), (0, 790015084), (1, 290630308),
+                                 (2, 39332535), (3, 720401), (4, 242)):  # fmt: skip
+        if remainder & (1 << (fractional_bits + exponent)):
+            result = _srdhm(result, multiplier)
+    return _I32_MAX if a == 0 else result
+
+
+def tflm_softmax_tables(input_scale: float, beta: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(exp, sum) int32 tables indexed by ``max - x`` (0..255) of TFLM's reference int8 softmax.
+
+    ``exp[d]`` is ``exp_on_negative_values`` of the rescaled difference -d (Q0.31), 0 where -d < diff_min (TFLM
+    skips those: they add nothing and output -128, which a zero exp reproduces); ``sum[d]`` is its
+    ``Rescale<12>`` into the Q12.19 accumulator.
+    """
+    real = min(beta * float(np.float32(input_scale)) * float(1 << 26), float((1 << 31) - 1))
+    mult, left_shift = _quantize_multiplier_scalar(real)
+    if left_shift < 0:
+        raise ValueError(f"softmax input scale {input_scale} is too small for TFLite's int8 softmax")
+    radius = math.floor(((1 << 5) - 1) * (1 << 26) / (1 << left_shift))
+    diff_min = -radius
+    exp = np.zeros(256, np.int64)
+    for d in range(256):
+        if -d >= diff_min:
+            exp[d] = _exp_on_negative_values_q5(_srdhm(-d * (1 << left_shift), mult))
+    return exp.astype(np.int32), np.array([_rdbpot(int(e), 12) for e in exp], np.int32)

@@ -18,7 +18,7 @@ from ..errors import ConfigError
 from ..relay_passes.layers import SAME_QPARAMS_KINDS, WEIGHTED_KINDS, Layer
 from ..schedules.codebook import pack_rows
 from .codebooks import activation_codebook, lut_thresholds, weight_codebooks
-from .fixed_point import lut_int8, pow2_shift, quantize_multiplier, softmax_exp_lut, tflite_add_params
+from .fixed_point import lut_int8, pow2_shift, quantize_multiplier, tflite_add_params, tflm_softmax_tables
 from .observers import ActivationObserver
 from .qparams import QParams, activation_qparams, quantize_bias, quantize_weights, weight_qmax
 
@@ -246,8 +246,12 @@ def _fill_kind_params(plan: LayerPlan, layer: Layer, cfg: LayerQuantConfig, pow2
         plan.params = {"rescale": rescale}
     elif layer.kind == "pad":
         plan.params = {"pad_code": int(in_qp.quantize(np.array([layer.attrs["pad_value"]]))[0])}
-    elif layer.kind == "softmax":
-        plan.params = {"lut": softmax_exp_lut(in_qp.scale)}
+    elif layer.kind == "softmax":  # TFLite Micro's int8 softmax, so tvmq and TFLM agree byte for byte
+        if out_qp != PROBABILITY_QPARAMS:
+            raise ConfigError(f"layer {layer.name} (softmax): int8 softmax writes scale 1/256, zero point -128; "
+                              f"the model gives its output {out_qp}")  # fmt: skip
+        exp, sums = tflm_softmax_tables(in_qp.scale)
+        plan.params = {"exp": exp, "sums": sums}
     elif layer.kind == "sigmoid":
         table = lut_int8(lambda x: 1.0 / (1.0 + np.exp(-x)), in_qp.scale, in_qp.zero_point,
                          out_qp.scale, out_qp.zero_point)  # fmt: skip
