@@ -15,7 +15,9 @@ import pytest
 import tvmq
 from tvmq.errors import ModelLoadError, UnsupportedOpError
 
-runtime = pytest.importorskip("tflite_micro.python.tflite_micro.runtime")
+pytest.importorskip("tflite_micro.python.tflite_micro.runtime")
+from test_prequantized import _tflm  # noqa: E402  (TFLM's outputs, one interpreter per file)
+
 tflite = pytest.importorskip("tflite")
 
 DATA = Path(__file__).parent / "data" / "tflite_int8"
@@ -57,23 +59,13 @@ BAD = {
     "bad_input_scale_zero": ("input", r"model input.*scale\(s\) \[0\.0\]"),
     "bad_weight_zero_point": ("weight", r"non-zero zero points"),
     "bad_bias_scale_nan": ("bias", r"scales must be positive and finite"),
-    # int8 model with uint8 I/O (QUANTIZE uint8 -> int8 first): refused, see also the xfail test below
+    # int8 model with uint8 I/O (QUANTIZE uint8 -> int8 first): refused, see also test_uint8_io_is_refused_as_uint8
     "uint8_io": ("input", r"is uint8 .*inference_input_type=tf.int8"),
 }
 
 
 def _path(name: str) -> Path:
     return DATA / f"{name}.tflite"
-
-
-def _tflm(path: Path, x: np.ndarray) -> np.ndarray:
-    interp = runtime.Interpreter.from_file(str(path))
-    out = []
-    for sample in x:
-        interp.set_input(sample[None], 0)
-        interp.invoke()
-        out.append(interp.get_output(0)[0].copy())
-    return np.array(out)
 
 
 def _tensor_name(path: Path, role: str) -> str:
