@@ -29,7 +29,7 @@ EQUAL_TO_TFLM = [
     "conv2d_1x1_nobias_relu", "conv2d_two_layers",
     "dwconv_dm1_same_relu", "dwconv_dm2_s2_valid", "dwconv_dm1_s2_same_relu6",
     "conv1d_valid_relu", "conv1d_s2_same",
-    "dense_relu", "dense_nobias", "dense_after_flatten", "dense_softmax",
+    "dense_relu", "dense_nobias", "dense_after_flatten", "dense_softmax", "concat_two_convs",
     "add_two_branches", "add_relu_two_branches", "add_input_skip",
     "maxpool_valid_s2", "maxpool_same_s1", "maxpool_same_s2", "maxpool_on_input",
     "avgpool_valid_s2", "avgpool_same_s1", "avgpool_same_s2",
@@ -40,7 +40,6 @@ EQUAL_TO_TFLM = [
 
 # Refused today with UnsupportedOpError; the pattern is what the message must contain.
 NOT_YET_SUPPORTED = {
-    "concat_two_convs": r"CONCATENATION \(node",
     # FULLY_CONNECTED on a (1, 4, 6) input (keep_num_dims): refused after import, by the Relax-level check
     "dense_3d_input": r"relax\.matmul",
     # RELU/RELU6 as their own op: TFLite requantizes (output scale != input scale), tvmq clamps unchanged codes

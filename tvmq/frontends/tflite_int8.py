@@ -42,7 +42,7 @@ __all__ = ["INT8_TFLITE_OPS", "QuantizedTFLite", "read_int8_tflite", "tensor_var
 #: Ops of full-integer models whose TFLite Micro reference arithmetic tvmq reproduces bit for bit.
 INT8_TFLITE_OPS: frozenset[str] = frozenset(
     {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MAX_POOL_2D", "AVERAGE_POOL_2D", "RESHAPE",
-     "PAD", "QUANTIZE", "DEQUANTIZE", "RELU", "RELU6", "SQUEEZE", "EXPAND_DIMS", "MEAN", "SOFTMAX"}
+     "PAD", "QUANTIZE", "DEQUANTIZE", "RELU", "RELU6", "SQUEEZE", "EXPAND_DIMS", "MEAN", "SOFTMAX", "CONCATENATION"}
 )  # fmt: skip
 _WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 
