@@ -265,6 +265,8 @@ def _converter_class() -> type:
             return False
 
     class _DequantizingConverter(OperatorConverter):
+        float_tensor = _FloatTensor  # the float32 view of a tensor table, for converters built on this one
+
         def __init__(
             self,
             model: Any,

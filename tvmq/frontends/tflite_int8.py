@@ -77,7 +77,7 @@ def read_int8_tflite(model: str | os.PathLike[str] | bytes) -> QuantizedTFLite:
     _require_full_integer(tfl, sg, label)
     raise_if_unsupported("int8 TFLite", _found_ops(tfl, sg), INT8_TFLITE_OPS | {_RUNTIME_DEQUANTIZE})
     info = _Reader(tfl, sg, label).read()
-    dequantized = {i: _real(w, s, tfl, sg, i) for i, (w, s) in info.weights.items()}
+    dequantized = {i: _real(w, s, sg, i) for i, (w, s) in info.weights.items()}
     dequantized |= {i: _real_bias(b, sg, i, label) for i, b in info.biases.items()}
     converter = functools.partial(_float_converter_class(), dequantized=dequantized)
     input_name = _tensor_name(sg, int(sg.InputsAsNumpy()[0]))
@@ -230,7 +230,7 @@ class _Reader:
                              "boundary: is this a full-integer model?")  # fmt: skip
 
 
-def _real(values: np.ndarray, scales: np.ndarray, model: Any, sg: Any, idx: int) -> np.ndarray:
+def _real(values: np.ndarray, scales: np.ndarray, sg: Any, idx: int) -> np.ndarray:
     """Dequantized weights, per channel along the tensor's quantized dimension."""
     q = sg.Tensors(idx).Quantization()
     axis = int(q.QuantizedDimension()) if scales.size > 1 else 0
@@ -251,27 +251,16 @@ def _real_bias(values: np.ndarray, sg: Any, idx: int, label: str) -> np.ndarray:
 
 def _float_converter_class() -> type:
     """tvmq's dequantizing converter, also seeing int8 activations as float and naming every op output."""
-    import tflite
     from tvm.relax.frontend.tflite.tflite_frontend import TensorWrapper, get_tensor_name
 
     base = _converter_class()
-
-    class _FloatActivation(tflite.Tensor):
-        def __init__(self, tensor: Any) -> None:
-            self._tab = tensor._tab
-
-        def Type(self) -> int:  # noqa: N802 - flatbuffers accessor name
-            return _FLOAT32
-
-        def Quantization(self) -> None:  # noqa: N802
-            return None
 
     class _Int8AsFloatConverter(base):
         def get_tensors(self, tensors_idx_list):
             wrappers = super().get_tensors(tensors_idx_list)
             for k, w in enumerate(wrappers):
                 if w.qnn_params is not None and int(w.tensor_idx) not in self._dequantized:
-                    wrappers[k] = TensorWrapper(w.tensor_idx, _FloatActivation(w.tensor), w.buffer, None)
+                    wrappers[k] = TensorWrapper(w.tensor_idx, base.float_tensor(w.tensor), w.buffer, None)
             return wrappers
 
         def convert_quantize(self, op: Any) -> Any:
