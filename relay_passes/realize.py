@@ -18,6 +18,7 @@ from .. import schedules as S
 from ..quant.codebooks import nl_quantize_thresholds
 from ..quant.fixed_point import mean_multiplier
 from ..quant.plan import ActCodebook, LayerPlan, QuantPlan
+from .inplace import InplacePlan
 from .layers import WEIGHTED_KINDS, Layer
 
 
@@ -40,12 +41,18 @@ class _Realizer:
         param = self.func.params[0]
         in_shape = _shape(param)
         x = relax.Var("input_q", relax.TensorType(in_shape, "int8"))
+        self.inplace = InplacePlan(self.layers, self.plan, param, self.func.body.body)
         with self.bb.function("main", [x]):
             with self.bb.dataflow():
-                env = {param: x}
+                self.env = env = {param: x}
                 for layer, lp in zip(self.layers, self.plan.layers, strict=True):
+                    if layer.name in self.inplace.absorbed:
+                        continue  # computed by the convolution that absorbed it (below)
                     inputs = [env[v] for v in layer.inputs]
                     env[layer.output] = self._emit_layer(layer, lp, inputs)
+                    fusion = self.inplace.fusions.get(layer.name)
+                    if fusion is not None:
+                        env[fusion.add.output] = env[layer.output]
                 out = self.bb.emit_output(env[self.func.body.body])
             self.bb.emit_func_output(out)
         self._boundary_functions(in_shape, _shape(self.func.body.body))
@@ -169,9 +176,12 @@ class _Realizer:
             out.append(x)
         return out
 
-    def _weighted(self, layer: Layer, lp: LayerPlan, data, prim, weight: np.ndarray, out_shape) -> relax.Var:
+    def _weighted(self, layer: Layer, lp: LayerPlan, data, prim, weight: np.ndarray, out_shape, *,
+                  residual: relax.Expr | None = None, inplace_data: bool = False) -> relax.Var:  # fmt: skip
         """Args in the order of ``S.qconv2d_primfunc``/``S.qdense_primfunc``: data (+ its table when it is packed
-        codes), weight (or packed indices + table), then the multiply-shift or LUT-requantize epilogue."""
+        codes), weight (or packed indices + table), then the multiply-shift or LUT-requantize epilogue, then the
+        residual of a fused ADD (which the output may overwrite). ``inplace_data``: the output may overwrite the
+        data (an in-place convolution)."""
         args = [data]
         in_cb = _packed(lp.in_codebooks[0])
         if in_cb is not None:
@@ -191,9 +201,14 @@ class _Realizer:
             args.append(relax.const(lp.thresholds))
             if not lp.out_codebook.packed:
                 args.append(relax.const(lp.out_codebook.table))
+        if residual is not None:
+            args.append(residual)
+            return self._call(layer.name, prim, args, out_shape, op=f"{layer.kind}+add", macs=layer.macs,
+                              inplace=(len(args) - 1,))  # fmt: skip
         out_cb = _packed(lp.out_codebook)
-        return self._layer_call(layer, prim, args, _storage_shape(out_shape, out_cb),
-                                "int8" if out_cb is None else "uint8")  # fmt: skip
+        dtype = "int8" if out_cb is None else "uint8"
+        inplace = (0,) if inplace_data else ()
+        return self._layer_call(layer, prim, args, _storage_shape(out_shape, out_cb), dtype, inplace=inplace)
 
     def _codebook_args(self, lp: LayerPlan) -> dict:
         """Keyword arguments of the weighted PrimFunc builders for codes in, codebook weights and LUT out."""
@@ -218,12 +233,20 @@ class _Realizer:
             strides, dilation = [1, strides[0]], [1, dilation[0]]
             padding = [0, padding[0], 0, padding[1]]
             out_shape = (out_shape[0], 1, *out_shape[1:])
+        fusion = self.inplace.fusions.get(layer.name)
+        mode = self.inplace.conv_mode(layer, lp)
         prim = S.qconv2d_primfunc(
             in_shape, weight.shape, has_bias=lp.bias is not None, strides=strides, padding=padding,
             dilation=dilation, groups=a["groups"], input_zp=lp.inputs[0].zero_point, output_zp=lp.output.zero_point,
             act_min=lp.act_min, act_max=lp.act_max, pow2=lp.multiplier is None, **self._codebook_args(lp),
+            inplace=mode, residual=None if fusion is None else _residual_args(fusion),
         )  # fmt: skip
-        out = self._weighted(layer, lp, data, prim, weight, out_shape)
+        residual = None
+        if fusion is not None:
+            residual = self.env[fusion.residual]
+            if layer.kind == "conv1d":
+                residual = self._reshape(residual, out_shape)
+        out = self._weighted(layer, lp, data, prim, weight, out_shape, residual=residual, inplace_data=mode is not None)
         return self._reshape(out, _storage_shape(layer.out_shape, lp.out_codebook)) if layer.kind == "conv1d" else out
 
     def _pool(self, layer: Layer, lp: LayerPlan, data) -> relax.Expr:
@@ -281,6 +304,14 @@ class _Realizer:
             parts.append(x)
         prim = S.qconcat_primfunc(layer.in_shapes, axis=layer.attrs["axis"])
         return self._layer_call(layer, prim, parts)
+
+
+def _residual_args(fusion) -> dict:
+    """``S.qconv2d_primfunc``'s ``residual``: the absorbed ADD's TFLite arithmetic (``qadd_primfunc``'s keywords)."""
+    ap = fusion.add_plan
+    a, b = ap.inputs
+    return {"a_zp": a.zero_point, "b_zp": b.zero_point, "out_zp": ap.output.zero_point, "act_min": ap.act_min,
+            "act_max": ap.act_max, "conv_first": fusion.conv_first, **ap.params}  # fmt: skip
 
 
 def _shape(expr: relax.Expr) -> tuple[int, ...]:

@@ -14,6 +14,7 @@ import contextlib
 from tvm import s_tir, tirx
 
 from .codebook import ACT_DECODE, ACT_PACK
+from .inplace import in_slab_kernel, place_slabs, slab_mode
 from .softmax import KEEP_STAGE
 
 WEIGHT_DECODE = "weight_decode"  # the block name ``schedules.codebook.decode_weight`` gives its compute
@@ -30,16 +31,21 @@ def default_schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
             continue  # placed (or inlined) by _decode_input_rows
         if KEEP_STAGE in sch.get(block).name_hint:
             continue  # a chain of per-row steps (softmax's reciprocal): inlined, it would blow up exponentially
+        if slab_mode(sch.get(block).name_hint):
+            continue  # the buffer of an in-place convolution, placed by place_slabs
         if not _is_reduction(sch, block) and sch.get_consumers(block):
             # a producer read by a reduction with a non-affine index cannot inline: it stays materialised
             with contextlib.suppress(s_tir.ScheduleError):
                 sch.compute_inline(block)
+    place_slabs(sch)
     _compute_into_pack(sch)
     if hoist is not None:
         _hoist_weight_decode(sch, hoist)
     _decode_input_rows(sch, row_loop=2 if hoist is not None else 1)
     for block in _blocks(sch):
         consumers = sch.get_consumers(block)
+        if in_slab_kernel(sch.get(block).name_hint):
+            continue  # placed by place_slabs
         if _is_reduction(sch, block) and len(consumers) == 1:
             spatial = _spatial_loop_count(sch, block)
             if spatial:
@@ -49,7 +55,7 @@ def default_schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
     for block in _blocks(sch):  # blocks moved by compute-at stay children of the root block
         spatial = _spatial_loop_count(sch, block)
         loops = sch.get_loops(block)
-        if _is_reduction(sch, block) and len(loops) > spatial:
+        if _is_reduction(sch, block) and len(loops) > spatial and not in_slab_kernel(sch.get(block).name_hint):
             # the initialisation leaves the reduction loop: no per-tap branch, no "maybe uninitialised" in C
             sch.decompose_reduction(block, loops[len(loops) - len(_iter_types(sch, block)) + spatial])
     return sch.mod["main"]

@@ -28,6 +28,7 @@ from .data_movement import qconcat, qpad, qtranspose
 from .dense import qdense
 from .elementwise import dequantize, qadd, qclamp, qlut, qrequantize, quantize
 from .fixed_point import i32
+from .inplace import ELEMENT, check_inplace, slab_name, write_slab
 from .pool import qavg_pool2d, qmax_pool2d, qmean
 from .softmax import qsoftmax, qsoftmax_tflm
 
@@ -114,11 +115,26 @@ def qconv2d_primfunc(
     lut_bits: int | None = None,
     lut_levels: bool = False,
     lut_shared: bool = False,
+    inplace: str | None = None,
+    residual: dict | None = None,
 ) -> tirx.PrimFunc:
     """Args: data int8 (N,H,W,C) (or, with ``input_code_bits``, packed codes and their table), weight int8
     (O,KH,KW,C/groups) (or, with ``codebook_bits``, packed uint8 and table int8, see ``schedules.codebook``),
-    epilogue args (``_epilogue_params``), output int8 (N,OH,OW,O) (packed uint8 codes with ``lut_bits`` unless
-    ``lut_levels``). padding = (top, left, bottom, right)."""
+    epilogue args (``_epilogue_params``), [residual int8 (N,OH,OW,O) with ``residual``], output int8 (N,OH,OW,O)
+    (packed uint8 codes with ``lut_bits`` unless ``lut_levels``). padding = (top, left, bottom, right).
+
+    ``inplace`` ("channel" | "pixel", see ``schedules.inplace``): a kernel order that may write the output over
+    the data. ``residual``: a residual ADD fused into the epilogue, ``qadd_primfunc``'s keyword arguments plus
+    ``conv_first`` (the convolution's output is the ADD's first operand); each output element reads its residual
+    element right before writing it, so the output may overwrite the residual."""
+    coded = codebook_bits is not None or input_code_bits is not None or lut_bits is not None
+    if inplace is not None:
+        check_inplace(inplace, data_shape, weight_shape, groups=groups, padding=padding, coded=coded)
+    if residual is not None and (coded or inplace is not None):
+        raise ValueError(
+            "a fused residual ADD needs int8 storage (no packed codes, codebook weights or LUT) and "
+            "writes over the residual, not in place over the data"
+        )
     data, data_args = _data_param(data_shape, input_code_bits)
     weight, weight_args = _weight_param(weight_shape, codebook_bits)
     bias, mult, shift, lut, epilogue_args = _epilogue_params(
@@ -139,8 +155,18 @@ def qconv2d_primfunc(
         act_min=act_min,
         act_max=act_max,
         lut=lut,
+        name=slab_name("qconv2d", ELEMENT if residual is not None else inplace) if residual or inplace else "qconv2d",
     )
-    return _prim_func([*data_args, *weight_args, *epilogue_args, out])
+    extra = []
+    if residual is not None:
+        add = dict(residual)
+        conv_first = add.pop("conv_first")
+        res = te.placeholder(out.shape, "int8", name="residual")
+        out = qadd(out, res, **add) if conv_first else qadd(res, out, **add)
+        extra.append(res)
+    if inplace is not None:
+        out = write_slab(out, "qconv2d_out")
+    return _prim_func([*data_args, *weight_args, *epilogue_args, *extra, out])
 
 
 def qdense_primfunc(

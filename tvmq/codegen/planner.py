@@ -3,7 +3,9 @@
 Lifetimes come from the execution order (a buffer lives from the step that writes it to the last step that reads
 it, through reshape aliases). Offsets are placed greedy-by-size, largest first, each at the lowest offset that
 does not overlap a buffer alive at the same time, as TensorFlow Lite Micro's ``GreedyMemoryPlanner`` does.
-Elementwise kernels marked ``tvmq.inplace`` write over their input when that input dies at the same step.
+Kernels marked ``tvmq.inplace`` (elementwise ops, a convolution with a fused residual ADD, in-place depthwise and
+1x1 convolutions) write over one of their inputs when that input dies at the same step and nothing else of the
+step reads it; the output takes the start of that input's buffer.
 The model's input and output are the caller's buffers and never take arena space.
 """
 
@@ -95,14 +97,17 @@ def plan_memory(program: Program) -> MemoryPlan:
 
 
 def _inplace_buffer(program: Program, step, index: int, buffer_of: dict, output_storage: Tensor) -> Buffer | None:
-    """The input buffer this step may overwrite: marked in-place-safe, same size, and read by no later step."""
+    """The input buffer this step may overwrite: marked in-place-safe, not larger than that input, read by no later
+    step and by no other input of this step (a convolution reading its residual as its data, say)."""
     allowed = step.attrs.get("tvmq.inplace")
     if allowed is None:
         return None
     for k in allowed:
         source = program.storage(step.inputs[int(k)])
         buf = buffer_of.get(source)
-        if buf is None or source is output_storage or buf.nbytes != step.output.nbytes:
+        if buf is None or source is output_storage or step.output.nbytes > buf.nbytes:
+            continue
+        if any(program.storage(t) is source for j, t in enumerate(step.inputs) if j != int(k)):
             continue
         later_readers = (
             any(program.storage(t) is source for s in program.steps[index + 1 :] for t in s.inputs)
