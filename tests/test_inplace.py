@@ -1,7 +1,9 @@
-"""Outputs written over dying inputs: in-place depthwise/1x1 convolutions and residual ADDs fused into convolutions.
+"""RAM below TFLM by construction: in-place depthwise/1x1 convolutions, residual ADDs fused into convolutions
+(written over the other operand), and concatenations whose producers write straight into their slices.
 
-The arithmetic is the plain kernels' (the host runs them on separate buffers); only the device shares bytes, so
-QEMU equal to the host proves the kernel orders safe, and the plan proves the bytes are shared.
+The arithmetic is the plain kernels' (the host runs them on separate buffers and keeps the concat copy); only the
+device shares bytes, so QEMU equal to the host proves the kernel orders and strided writes safe, and the plan
+proves the bytes are shared.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import tvmq
 from tvmq import schedules as S
 from tvmq.codegen.graph import read_program
 from tvmq.codegen.planner import ALIGNMENT, plan_memory
+from tvmq.codegen.slices import write_concat_slices
 
 
 def _separable_residual_2d():
@@ -133,4 +136,42 @@ def test_depthwise_separable_zoo_model_runs_in_place_on_qemu() -> None:
     artifact = tvmq.build(q, name="vowels_dscnn")
     assert artifact.arena_bytes == plan.arena_bytes
     x = np.random.default_rng(5).integers(-128, 128, size=(6, *q.input_shape[1:])).astype(np.int8)
+    np.testing.assert_array_equal(tvmq.qemu.run(artifact, x, progress=False).raw_outputs, q.run_int(x))
+
+
+def _two_concats():
+    """Two branches concatenated mid-graph (channels), then two 1x1 branches concatenated as the model output."""
+    inits = {"w1": _w(1, 6, 3, 3, 3), "w2": _w(2, 4, 3, 1, 1), "w3": _w(3, 5, 10, 3, 3), "w4": _w(4, 3, 5, 1, 1),
+             "w5": _w(5, 2, 5, 1, 1)}  # fmt: skip
+    nodes = [
+        _node("Conv", ["x", "w1"], "a", pads=[1, 1, 1, 1]), _node("Relu", ["a"], "ra"),
+        _node("Conv", ["x", "w2"], "b"), _node("Concat", ["ra", "b"], "c", axis=1),
+        _node("Conv", ["c", "w3"], "d", pads=[1, 1, 1, 1]), _node("Relu", ["d"], "rd"),
+        _node("Conv", ["rd", "w4"], "e"), _node("Conv", ["rd", "w5"], "f"), _node("Concat", ["e", "f"], "y", axis=1),
+    ]  # fmt: skip
+    return _model(nodes, [("x", [1, 3, 6, 6])], [("y", None)], inits)
+
+
+def test_concat_producers_write_into_their_slices_on_qemu() -> None:
+    rng = np.random.default_rng(0)
+    q = tvmq.quantize(_two_concats(), rng.normal(size=(64, 3, 6, 6)).astype(np.float32), progress=False)
+    program = read_program(q.int_mod)
+    sliced = write_concat_slices(program)
+    assert [s for s in program.steps if s.attrs["tvmq.op"] == "concat"]
+    assert not [s for s in sliced.steps if s.attrs["tvmq.op"] == "concat"]
+    writers = [s for s in sliced.steps if s.out_strides is not None]
+    assert [sliced.byte_offset(s.output) for s in writers] == [0, 6, 0, 3]  # channel offsets, NHWC
+    x = rng.normal(size=(6, 3, 6, 6)).astype(np.float32)
+    result = tvmq.qemu.run(tvmq.build(q, name="two_concats"), x, progress=False)
+    np.testing.assert_array_equal(result.raw_outputs, q.run_int(q.quantize_input(x)))
+
+
+def test_int8_tflite_concat_of_two_convs_needs_no_arena() -> None:
+    """Both convolutions write into the caller's output buffer: TFLM keeps both of their outputs and the concat."""
+    q = tvmq.load_quantized(Path(__file__).parent / "data" / "tflite_int8" / "concat_two_convs.tflite")
+    program = read_program(q.int_mod)
+    assert plan_memory(program).arena_bytes > 0
+    artifact = tvmq.build(q, name="concat_two_convs")
+    assert artifact.arena_bytes == 0
+    x = np.random.default_rng(2).integers(-128, 128, size=(5, *q.input_shape[1:])).astype(np.int8)
     np.testing.assert_array_equal(tvmq.qemu.run(artifact, x, progress=False).raw_outputs, q.run_int(x))

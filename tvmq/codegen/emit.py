@@ -85,10 +85,11 @@ class ModelWriter:
             return f"({ctype}*){_const_symbol(storage)}"
         if storage is program.input:
             return f"({ctype}*){in_name}"
+        part = program.byte_offset(t)  # a slice written straight into a concatenation
         if storage is program.storage(program.output):
-            return f"({ctype}*){out_name}"
+            return f"({ctype}*)((uint8_t*){out_name} + {part})" if part else f"({ctype}*){out_name}"
         kind, offset = self.plan.location[storage]
-        return f"({ctype}*)({self.prefix}_arena + {offset})"
+        return f"({ctype}*)({self.prefix}_arena + {offset + part})"
 
     def _call(self, step: Step, program: Program, in_name: str, out_name: str) -> str:
         args = [self._pointer(t, program, in_name, out_name) for t in (*step.inputs, step.output)]

@@ -41,6 +41,7 @@ class Step:
     inputs: list[Tensor]
     output: Tensor
     attrs: dict = field(default_factory=dict)  # the PrimFunc's "tvmq.*" attributes (op, macs, inplace)
+    out_strides: tuple[int, ...] | None = None  # writes a slice of a larger tensor: its row-major strides (elements)
 
 
 @dataclass
@@ -50,12 +51,24 @@ class Program:
     steps: list[Step]
     aliases: dict[Tensor, Tensor]  # reshaped view -> the tensor that owns the bytes
     kernels: dict[str, tvm.tirx.PrimFunc]
+    slices: dict[Tensor, tuple[Tensor, int]] = field(default_factory=dict)  # part -> (whole, byte offset)
 
     def storage(self, t: Tensor) -> Tensor:
-        """The tensor owning ``t``'s bytes (follows reshape/alias chains)."""
-        while t in self.aliases:
-            t = self.aliases[t]
+        """The tensor owning ``t``'s bytes (follows reshape/alias chains and slices)."""
+        while t in self.aliases or t in self.slices:
+            t = self.aliases[t] if t in self.aliases else self.slices[t][0]
         return t
+
+    def byte_offset(self, t: Tensor) -> int:
+        """Where ``t`` starts inside ``storage(t)``: non-zero for a slice written straight into a concatenation."""
+        offset = 0
+        while t in self.aliases or t in self.slices:
+            if t in self.aliases:
+                t = self.aliases[t]
+            else:
+                t, part = self.slices[t]
+                offset += part
+        return offset
 
 
 def _shape_dtype(ty) -> tuple[tuple[int, ...], str]:

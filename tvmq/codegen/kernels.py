@@ -86,15 +86,56 @@ def with_pointer_params(func: tirx.PrimFunc) -> tirx.PrimFunc:
     return tirx.PrimFunc(params, tirx.SeqStmt([*decls, func.body]), func.ret_type, func.attrs)
 
 
-def emit_kernels(funcs: Mapping[str, tirx.PrimFunc], target: MicroTarget, *, schedule=default_schedule) -> str:
+def strided_output(func: tirx.PrimFunc, strides: tuple[int, ...]) -> tirx.PrimFunc:
+    """``func`` writing its output with ``strides`` (elements) instead of densely: a slice of a larger tensor.
+
+    The output becomes a flat buffer indexed by ``sum(i_d * strides[d])``; the caller passes a pointer to the
+    slice's first element.
+    """
+    out = func.params[-1]
+    sch = s_tir.Schedule(func)
+    writer = next(
+        b for b in _all_blocks(sch) if any(region.source.same_as(out) for region in sch.get(b).writes)
+    )  # every tvmq kernel has exactly one block writing its output
+
+    def flat(*idx):
+        return (sum(i * s for i, s in zip(idx, strides, strict=True)),)
+
+    sch.transform_layout(writer, out, flat, assume_injective_transform=True)
+    return sch.mod["main"]
+
+
+def _all_blocks(sch: s_tir.Schedule) -> list:
+    blocks, todo = [], list(sch.get_child_blocks(sch.get_sblock("root")))
+    while todo:
+        block = todo.pop()
+        blocks.append(block)
+        todo += sch.get_child_blocks(block)
+    return blocks
+
+
+def emit_kernels(
+    funcs: Mapping[str, tirx.PrimFunc],
+    target: MicroTarget,
+    *,
+    schedule=default_schedule,
+    out_strides: Mapping[str, tuple[int, ...]] | None = None,
+) -> str:
     """C source defining one ``static`` function per PrimFunc, named by the mapping's keys, in order.
 
     ``schedule`` maps a PrimFunc to a scheduled PrimFunc (the default, or a tuned one) and must not change its
-    arithmetic. The text assumes ``tvmq_runtime.h`` is included before it.
+    arithmetic. ``out_strides``: kernels writing a slice of a larger tensor (``strided_output``). The text assumes
+    ``tvmq_runtime.h`` is included before it.
     """
-    mod = tvm.IRModule(
-        {name: with_pointer_params(schedule(f)).with_attr("global_symbol", name) for name, f in funcs.items()}
-    )
+    out_strides = out_strides or {}
+
+    def lower(name: str, func: tirx.PrimFunc) -> tirx.PrimFunc:
+        func = schedule(func)
+        if name in out_strides:
+            func = strided_output(func, out_strides[name])
+        return with_pointer_params(func).with_attr("global_symbol", name)
+
+    mod = tvm.IRModule({name: lower(name, f) for name, f in funcs.items()})
     lib = tvm.tirx.build(mod, target=target.tvm_target, pipeline=PIPELINE)
     return _strip_tvm_preamble(lib.inspect_source(), list(funcs))
 

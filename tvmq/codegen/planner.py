@@ -72,10 +72,12 @@ def plan_memory(program: Program) -> MemoryPlan:
             owner = buffer_of.get(program.storage(t))
             if owner is not None:
                 owner.last = max(owner.last, index)
-        out = step.output
+        out = program.storage(step.output)
         if out is output_storage:
             continue
-        shared = _inplace_buffer(program, step, index, buffer_of, output_storage)
+        if out in buffer_of:  # another slice of a concatenation whose buffer exists already
+            continue
+        shared = _inplace_buffer(program, step, index, buffer_of, output_storage) if out is step.output else None
         if shared is not None:
             shared.tensors.append(out)
             buffer_of[out] = shared
