@@ -66,14 +66,14 @@ class InplacePlan:
         self.absorbed.add(add.name)
 
     def conv_mode(self, layer: Layer, lp: LayerPlan) -> str | None:
-        """Mode "channel" (depthwise), "pixel" (1x1, O <= C) or None: how ``layer`` may run over its dying input."""
+        """Mode "channel" (depthwise), "pixel" (1x1) or None: how ``layer`` may run over its dying input."""
         if layer.name in self.fusions or not _int8_only(lp) or self.uses[layer.inputs[0]] != 1:
             return None
-        c, o = layer.in_shapes[0][-1], layer.out_shape[-1]
+        c, o = layer.in_shapes[0][-1], layer.out_shape[-1]  # channels last
         kernel = layer.weight.shape[1:-1]
         if layer.attrs["groups"] == c == o:
             return "channel"
-        if layer.attrs["groups"] == 1 and all(s == 1 for s in kernel) and not any(layer.attrs["padding"]) and o <= c:
+        if layer.attrs["groups"] == 1 and all(s == 1 for s in kernel) and not any(layer.attrs["padding"]):
             return "pixel"
         return None
 

@@ -70,17 +70,21 @@ class _Realizer:
         op: str | None = None,
         macs: int = 0,
         inplace: tuple[int, ...] = (),
+        inplace_shift: int = 0,
     ) -> relax.Var:
         """Emit ``call_tir``; the PrimFunc carries what code generation needs to know about the step:
-        ``tvmq.op``, ``tvmq.macs`` and ``tvmq.inplace`` (inputs the output may overwrite, element for element)."""
-        prim = prim.with_attrs({"tvmq.op": op or name, "tvmq.macs": int(macs), "tvmq.inplace": list(inplace)})
+        ``tvmq.op``, ``tvmq.macs``, ``tvmq.inplace`` (inputs the output may overwrite) and ``tvmq.inplace_shift``
+        (bytes by which the output must then start before that input)."""
+        prim = prim.with_attrs({"tvmq.op": op or name, "tvmq.macs": int(macs), "tvmq.inplace": list(inplace),
+                                "tvmq.inplace_shift": int(inplace_shift)})  # fmt: skip
         gv = self.bb.add_func(prim, name)
         return self.bb.emit(relax.call_tir(gv, args, relax.TensorType(list(out_shape), dtype)), name)
 
     def _layer_call(self, layer: Layer, prim: tvm.tirx.PrimFunc, args: list, out_shape=None, dtype: str = "int8",
-                    *, inplace: tuple[int, ...] = ()) -> relax.Var:  # fmt: skip
+                    *, inplace: tuple[int, ...] = (), inplace_shift: int = 0) -> relax.Var:  # fmt: skip
         out_shape = layer.out_shape if out_shape is None else out_shape
-        return self._call(layer.name, prim, args, out_shape, dtype, op=layer.kind, macs=layer.macs, inplace=inplace)
+        return self._call(layer.name, prim, args, out_shape, dtype, op=layer.kind, macs=layer.macs, inplace=inplace,
+                          inplace_shift=inplace_shift)  # fmt: skip
 
     def _transpose(self, x: relax.Expr, axes: list[int], name: str, codes: ActCodebook | None = None,
                    shape=None) -> relax.Expr:  # fmt: skip
@@ -177,11 +181,11 @@ class _Realizer:
         return out
 
     def _weighted(self, layer: Layer, lp: LayerPlan, data, prim, weight: np.ndarray, out_shape, *,
-                  residual: relax.Expr | None = None, inplace_data: bool = False) -> relax.Var:  # fmt: skip
+                  residual: relax.Expr | None = None, inplace_shift: int | None = None) -> relax.Var:  # fmt: skip
         """Args in the order of ``S.qconv2d_primfunc``/``S.qdense_primfunc``: data (+ its table when it is packed
         codes), weight (or packed indices + table), then the multiply-shift or LUT-requantize epilogue, then the
-        residual of a fused ADD (which the output may overwrite). ``inplace_data``: the output may overwrite the
-        data (an in-place convolution)."""
+        residual of a fused ADD (which the output may overwrite). ``inplace_shift``: an in-place convolution, whose
+        output may overwrite the data when it starts that many bytes before it."""
         args = [data]
         in_cb = _packed(lp.in_codebooks[0])
         if in_cb is not None:
@@ -207,8 +211,9 @@ class _Realizer:
                               inplace=(len(args) - 1,))  # fmt: skip
         out_cb = _packed(lp.out_codebook)
         dtype = "int8" if out_cb is None else "uint8"
-        inplace = (0,) if inplace_data else ()
-        return self._layer_call(layer, prim, args, _storage_shape(out_shape, out_cb), dtype, inplace=inplace)
+        inplace = () if inplace_shift is None else (0,)
+        return self._layer_call(layer, prim, args, _storage_shape(out_shape, out_cb), dtype, inplace=inplace,
+                                inplace_shift=inplace_shift or 0)  # fmt: skip
 
     def _codebook_args(self, lp: LayerPlan) -> dict:
         """Keyword arguments of the weighted PrimFunc builders for codes in, codebook weights and LUT out."""
@@ -246,7 +251,8 @@ class _Realizer:
             residual = self.env[fusion.residual]
             if layer.kind == "conv1d":
                 residual = self._reshape(residual, out_shape)
-        out = self._weighted(layer, lp, data, prim, weight, out_shape, residual=residual, inplace_data=mode is not None)
+        shift = None if mode is None else S.inplace_shift(mode, in_shape, out_shape, strides)
+        out = self._weighted(layer, lp, data, prim, weight, out_shape, residual=residual, inplace_shift=shift)
         return self._reshape(out, _storage_shape(layer.out_shape, lp.out_codebook)) if layer.kind == "conv1d" else out
 
     def _pool(self, layer: Layer, lp: LayerPlan, data) -> relax.Expr:
@@ -283,7 +289,9 @@ class _Realizer:
         if nhwc != shape:
             data = self._reshape(data, nhwc)
         if lp.output != lp.inputs[0]:  # a pre-quantized model's MEAN onto another grid: TFLM's arithmetic
-            mult, shift = mean_multiplier(lp.inputs[0].scale / lp.output.scale, nhwc[1] * nhwc[2])
+            mult, shift = lp.params.get("mean") or mean_multiplier(
+                lp.inputs[0].scale / lp.output.scale, nhwc[1] * nhwc[2]
+            )
             prim = S.qmean_primfunc(nhwc, mult=mult, shift=shift, in_zp=lp.inputs[0].zero_point,
                                     out_zp=lp.output.zero_point)  # fmt: skip
         else:

@@ -35,6 +35,7 @@ from .fixed_point import (
     rounding_divide_by_pot,
     saturating_rounding_doubling_high_mul,
 )
+from .inplace import inplace_shift
 from .pool import pool_out_size, qavg_pool2d, qglobal_avg_pool2d, qmax_pool2d
 from .primfuncs import (
     dequantize_primfunc,
@@ -78,6 +79,7 @@ __all__ = [
     "packed_row_bytes",
     "slot_bits",
     "conv_out_size",
+    "inplace_shift",
     "pool_out_size",
     "broadcast_shape",
     "multiply_by_quantized_multiplier",

@@ -7,8 +7,10 @@ safe (TinyEngine's in-place depthwise, and its per-pixel analogue for 1x1 convol
 - ``channel``: depthwise with one output channel per input channel. Channel c of the output is computed for every
   pixel into a buffer of OH*OW values, then written to the channel-c slots of the output. Those slots are channel c
   of input pixels 0..OH*OW-1, which no other channel reads: any stride, padding or dilation is safe.
-- ``pixel``: 1x1 convolution with at most as many output as input channels. Pixel p's output channels go to a
-  buffer of O values, then to bytes [p*O, (p+1)*O), which lie before every later pixel's input (p*O <= p*C).
+- ``pixel``: 1x1 convolution. Pixel p's output channels go to a buffer of O values, then to bytes
+  [p*O, (p+1)*O) of the output, which must lie before every later pixel's input. With O <= C (and any stride)
+  the output may start where the input starts; an expanding 1x1 (O > C) starts ``inplace_shift`` bytes before
+  the input, so input and output together take no more than the output alone.
 
 The arithmetic is the plain convolution's; only the loop order and the slab buffer differ, so the host build
 (separate buffers) and the device build (output over input) agree bit for bit. ``default_schedule`` places the
@@ -35,9 +37,26 @@ def check_inplace(mode: str, data_shape, weight_shape, *, groups: int, padding, 
     if mode == "channel" and not (groups == c == o):
         raise ValueError(f"in-place 'channel' needs a depthwise convolution with O == C (groups {groups}, C {c}, "
                          f"O {o})")  # fmt: skip
-    if mode == "pixel" and not (groups == 1 and kh == kw == 1 and not any(padding) and o <= c):
-        raise ValueError(f"in-place 'pixel' needs an unpadded 1x1 convolution with O <= C (kernel {kh}x{kw}, "
-                         f"groups {groups}, padding {tuple(padding)}, C {c}, O {o})")  # fmt: skip
+    if mode == "pixel" and not (groups == 1 and kh == kw == 1 and not any(padding)):
+        raise ValueError(f"in-place 'pixel' needs an unpadded 1x1 convolution (kernel {kh}x{kw}, groups {groups}, "
+                         f"padding {tuple(padding)})")  # fmt: skip
+
+
+def inplace_shift(mode: str, data_shape, out_shape, strides) -> int:
+    """Bytes by which the output starts before the input (negative: after it) in ``mode`` (int8 storage).
+
+    ``channel`` writes only slots of channels already done, so any whole-pixel shift within the input is safe; a
+    strided depthwise puts its smaller output at the input's end, which leaves room in front for a following
+    expanding 1x1. ``pixel``: writing output pixel p must not reach the input pixel of output pixel p + 1, i.e.
+    ``shift >= (p + 1) * O - C * in_pixel(p + 1)`` for every p.
+    """
+    _, h, w, c = (int(d) for d in data_shape)
+    _, oh, ow, o = (int(d) for d in out_shape)
+    if mode == "channel":
+        return -max(0, h * w - oh * ow) * c
+    sh, sw = (int(s) for s in strides)
+    need = [q * o - c * ((q // ow) * sh * w + (q % ow) * sw) for q in range(1, oh * ow)]
+    return max(0, *need) if need else 0
 
 
 def slab_name(name: str, mode: str) -> str:

@@ -22,26 +22,17 @@ from tvmq.codegen.slices import write_concat_slices
 
 
 def _separable_residual_2d():
-    """conv -> depthwise s1 (in place) -> depthwise s2 padded (in place) -> 1x1 8->6 (in place) -> conv -> conv +
-    ADD of the 1x1's output (fused, over it) -> 1x1 conv + ADD of its own input (fused; that input is also its data,
-    so it keeps its own buffer) -> global pool -> dense."""
-    inits = {
-        "w1": _w(1, 8, 3, 3, 3),
-        "dw1": _w(2, 8, 1, 3, 3),
-        "dw2": _w(3, 8, 1, 3, 3),
-        "pw": _w(4, 6, 8, 1, 1),
-        "w5": _w(5, 6, 6, 3, 3),
-        "b5": _w(6, 6),
-        "w6": _w(7, 6, 6, 3, 3),
-        "w7": _w(8, 6, 6, 1, 1),
-        "w8": _w(9, 4, 6),
-        "b8": _w(10, 4),
-    }
+    """conv -> depthwise s1 (in place) -> depthwise s2 padded (in place) -> 1x1 s2 8->12 (in place: the stride
+    leaves room, no shift) -> conv -> conv + ADD of the 1x1's output (fused, over it) -> 1x1 conv + ADD
+    of its own input (fused; that input is also its data, so it keeps its own buffer) -> global pool -> dense."""
+    inits = {"w1": _w(1, 8, 3, 3, 3), "dw1": _w(2, 8, 1, 3, 3), "dw2": _w(3, 8, 1, 3, 3), "pw": _w(4, 12, 8, 1, 1),
+             "w5": _w(5, 6, 12, 3, 3), "b5": _w(6, 6), "w6": _w(7, 12, 6, 3, 3), "w7": _w(8, 12, 12, 1, 1),
+             "w8": _w(9, 4, 12), "b8": _w(10, 4)}  # fmt: skip
     nodes = [
         _node("Conv", ["x", "w1"], "c1", pads=[1, 1, 1, 1]), _node("Relu", ["c1"], "r1"),
         _node("Conv", ["r1", "dw1"], "d1", group=8, pads=[1, 1, 1, 1]), _node("Relu", ["d1"], "r2"),
         _node("Conv", ["r2", "dw2"], "d2", group=8, strides=[2, 2], pads=[1, 1, 1, 1]),
-        _node("Conv", ["d2", "pw"], "p"),
+        _node("Conv", ["d2", "pw"], "p", strides=[2, 2]),
         _node("Conv", ["p", "w5", "b5"], "c5", pads=[1, 1, 1, 1]), _node("Relu", ["c5"], "r5"),
         _node("Conv", ["r5", "w6"], "c6", pads=[1, 1, 1, 1]), _node("Add", ["c6", "p"], "a1"),
         _node("Relu", ["a1"], "r6"),
@@ -53,16 +44,10 @@ def _separable_residual_2d():
 
 
 def _separable_1d():
-    """conv1d -> depthwise conv1d (in place) -> 1x1 conv1d 8->8 (in place) -> conv1d -> conv1d + ADD of the 1x1's
-    output (fused, over it) -> dense."""
-    inits = {
-        "w1": _w(11, 8, 4, 3),
-        "dw": _w(12, 8, 1, 5),
-        "pw": _w(13, 8, 8, 1),
-        "w4": _w(14, 8, 8, 3),
-        "w5": _w(15, 8, 8, 3),
-        "w6": _w(16, 64, 3),
-    }
+    """conv1d -> depthwise conv1d (in place) -> 1x1 conv1d 8->12 expanding (in place) -> conv1d -> conv1d + ADD of
+    the 1x1's output (fused, over it) -> dense."""
+    inits = {"w1": _w(11, 8, 4, 3), "dw": _w(12, 8, 1, 5), "pw": _w(13, 12, 8, 1), "w4": _w(14, 8, 12, 3),
+             "w5": _w(15, 12, 8, 3), "w6": _w(16, 96, 3)}  # fmt: skip
     nodes = [
         _node("Conv", ["x", "w1"], "c1", pads=[1, 1]), _node("Relu", ["c1"], "r1"),
         _node("Conv", ["r1", "dw"], "d", group=8, pads=[2, 2]), _node("Relu", ["d"], "r2"),
@@ -85,7 +70,10 @@ def case(request):
 
 
 def _shares(plan, program, step, k: int) -> bool:
-    return plan.location[program.storage(step.output)] == plan.location[program.storage(step.inputs[k])]
+    """The step's output starts where input k starts, or ``tvmq.inplace_shift`` bytes before it."""
+    out_where, out_offset = plan.location[program.storage(step.output)]
+    in_where, in_offset = plan.location[program.storage(step.inputs[k])]
+    return out_where == in_where == "arena" and out_offset == in_offset - int(step.attrs["tvmq.inplace_shift"])
 
 
 def test_outputs_share_the_bytes_of_dying_inputs(case) -> None:
@@ -100,6 +88,8 @@ def test_outputs_share_the_bytes_of_dying_inputs(case) -> None:
     else:
         assert ops["conv1d_4"] == "conv1d+add" and "add_0" not in ops
         assert {"conv1d_1", "conv1d_2", "conv1d_4"} <= shared
+        expand = next(s for s in program.steps if s.name == "conv1d_2")
+        assert int(expand.attrs["tvmq.inplace_shift"]) == 7 * (12 - 8)  # (W - 1) * (O - C): output before input
     assert plan.arena_bytes - plan.lower_bound_bytes < ALIGNMENT  # the liveness bound, up to one alignment pad
     # without sharing, the plan needs more
     for step in program.steps:
@@ -116,8 +106,8 @@ def test_inplace_kernels_on_qemu_equal_host(case) -> None:
 def test_inplace_modes_refuse_convolutions_they_do_not_fit() -> None:
     with pytest.raises(ValueError, match="'channel' needs a depthwise convolution with O == C"):
         S.qconv2d_primfunc((1, 4, 4, 4), (8, 3, 3, 1), groups=4, inplace="channel")
-    with pytest.raises(ValueError, match="'pixel' needs an unpadded 1x1 convolution with O <= C"):
-        S.qconv2d_primfunc((1, 4, 4, 4), (8, 1, 1, 4), inplace="pixel")
+    with pytest.raises(ValueError, match="'pixel' needs an unpadded 1x1 convolution"):
+        S.qconv2d_primfunc((1, 4, 4, 4), (8, 3, 3, 4), inplace="pixel")
     with pytest.raises(ValueError, match="in-place mode 'row'"):
         S.qconv2d_primfunc((1, 4, 4, 4), (4, 1, 1, 4), inplace="row")
     with pytest.raises(ValueError, match="in-place convolutions work on int8 storage"):

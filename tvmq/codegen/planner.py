@@ -11,7 +11,7 @@ The model's input and output are the caller's buffers and never take arena space
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .graph import Program, Tensor
@@ -25,13 +25,25 @@ def _align(n: int) -> int:
 
 @dataclass(eq=False)
 class Buffer:
-    """An arena region shared by one or more tensors (aliases and in-place results)."""
+    """An arena region shared by one or more tensors (in-place results), each at its own offset inside it."""
 
     tensors: list[Tensor]
     nbytes: int
     first: int  # step writing it
     last: int  # last step reading it
     offset: int = -1
+    inner: dict[Tensor, int] = field(default_factory=dict)  # tensor -> byte offset inside the buffer (default 0)
+
+    def add_inplace(self, out: Tensor, source: Tensor, shift: int) -> None:
+        """``out`` written over ``source``, starting ``shift`` bytes before it: the buffer grows as needed."""
+        start = self.inner.get(source, 0) - shift
+        if start < 0:  # room in front: move everything already inside back
+            self.inner = {t: self.inner.get(t, 0) - start for t in self.tensors}
+            self.nbytes -= start
+            start = 0
+        self.tensors.append(out)
+        self.inner[out] = start
+        self.nbytes = max(self.nbytes, start + out.nbytes)
 
     def overlaps_in_time(self, other: Buffer) -> bool:
         return self.first <= other.last and other.first <= self.last
@@ -79,8 +91,9 @@ def plan_memory(program: Program) -> MemoryPlan:
             continue
         shared = _inplace_buffer(program, step, index, buffer_of, output_storage) if out is step.output else None
         if shared is not None:
-            shared.tensors.append(out)
-            buffer_of[out] = shared
+            buf, source = shared
+            buf.add_inplace(out, source, int(step.attrs.get("tvmq.inplace_shift", 0)))
+            buffer_of[out] = buf
             continue
         buf = Buffer([out], out.nbytes, index, index)
         buffers.append(buf)
@@ -93,21 +106,23 @@ def plan_memory(program: Program) -> MemoryPlan:
         elif t is output_storage:
             location[t] = ("output", 0)
         else:
-            location[t] = ("arena", buffer_of[t].offset)
+            location[t] = ("arena", buffer_of[t].offset + buffer_of[t].inner.get(t, 0))
     arena = max((b.offset + _align(b.nbytes) for b in buffers), default=0)
     return MemoryPlan(buffers, arena, _lower_bound(buffers, len(program.steps)), location)
 
 
-def _inplace_buffer(program: Program, step, index: int, buffer_of: dict, output_storage: Tensor) -> Buffer | None:
-    """The input buffer this step may overwrite: marked in-place-safe, not larger than that input, read by no later
-    step and by no other input of this step (a convolution reading its residual as its data, say)."""
+def _inplace_buffer(
+    program: Program, step, index: int, buffer_of: dict, output_storage: Tensor
+) -> tuple[Buffer, Tensor] | None:
+    """The buffer (and input tensor) this step may overwrite: marked in-place-safe, read by no later step and by
+    no other input of this step (a convolution reading its residual as its data, say)."""
     allowed = step.attrs.get("tvmq.inplace")
     if allowed is None:
         return None
     for k in allowed:
         source = program.storage(step.inputs[int(k)])
         buf = buffer_of.get(source)
-        if buf is None or source is output_storage or step.output.nbytes > buf.nbytes:
+        if buf is None or source is output_storage:
             continue
         if any(program.storage(t) is source for j, t in enumerate(step.inputs) if j != int(k)):
             continue
@@ -116,7 +131,7 @@ def _inplace_buffer(program: Program, step, index: int, buffer_of: dict, output_
             or program.storage(program.output) is source
         )
         if not later_readers:
-            return buf
+            return buf, source
     return None
 
 
