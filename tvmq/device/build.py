@@ -8,6 +8,7 @@ each ``TVMQ_STEP_BEGIN/END`` becomes a SysTick mark.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -63,12 +64,14 @@ def build_firmware(
     out_dir: str | Path | None = None,
     *,
     stack_bytes: int = DEFAULT_STACK_BYTES,
+    extra_objects: Sequence[str | Path] = (),
 ) -> Path:
     """Build ``out_dir/app.elf`` (and ``app.map``) running the artifact on ``board``; returns the ELF's path.
 
     Flags: the artifact core's ``cflags`` + ``opt`` + ``-std=c11 -Wall -ffunction-sections -fdata-sections``, linked
     with ``--gc-sections`` against newlib-nano and rdimon (semihosting). ``out_dir`` defaults to
-    ``artifact_dir/build-<board><opt>``.
+    ``artifact_dir/build-<board><opt>``. ``extra_objects`` (objects or static libraries compiled by the caller for
+    the same core, e.g. a kernel library a benchmark compares with) are linked after ``model.o``.
     """
     info = load_artifact(artifact_dir)
     b = get_board(board)
@@ -92,7 +95,7 @@ def build_firmware(
     elf = out / ELF_NAME
     run_tool([gcc, *cflags, "--specs=rdimon.specs", "-nostartfiles", f"-L{FIRMWARE_DIR}", "-T", b.linker_script,
               "-Wl,--gc-sections", f"-Wl,-Map={out / MAP_NAME}", f"-Wl,--defsym=__tvmq_stack_size={stack}",
-              out / "startup.o", out / "harness.o", out / MODEL_OBJECT, "-lm", "-o", elf],
+              out / "startup.o", out / "harness.o", out / MODEL_OBJECT, *extra_objects, "-lm", "-o", elf],
              what=f"linking model {info.name!r} {where} (weights, code and {stack} B of stack must fit the board's "
                   f"{b.flash_size // 1024} KiB flash and {b.ram_size // 1024} KiB RAM)")  # fmt: skip
     return elf

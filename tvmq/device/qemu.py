@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,7 @@ def run(
     *,
     stack_bytes: int = DEFAULT_STACK_BYTES,
     work_dir: str | Path | None = None,
+    extra_objects: Sequence[str | Path] = (),
 ) -> DeviceResult:
     """Build ``artifact`` for ``board`` and run every sample of ``inputs`` in one QEMU boot.
 
@@ -89,7 +90,8 @@ def run(
     exported directory. ``inputs`` are int8 codes (given to ``run`` as they are) or floats (quantized on the device
     by the model's ``quantize_input``), shaped ``(N, *input_shape[1:])`` or one sample. ``timeout`` limits QEMU's
     wall-clock time in seconds (default scales with N and the model's MACs). ``work_dir`` keeps the build and run
-    files there (``elf_path`` is then set); by default they are removed.
+    files there (``elf_path`` is then set); by default they are removed. ``extra_objects`` (objects or static
+    libraries built by the caller for the same core) are linked into the firmware after the model.
     """
     b = get_board(board)
     check_opt(opt)
@@ -102,7 +104,9 @@ def run(
         check_core(info.core, b)
         batch, float_inputs = _input_batch(inputs, info.input.shape)
         try:
-            elf = build_firmware(info.directory, b, opt, ws / "build", stack_bytes=stack_bytes)
+            elf = build_firmware(
+                info.directory, b, opt, ws / "build", stack_bytes=stack_bytes, extra_objects=extra_objects
+            )
         except ToolchainError as err:
             if work_dir is None and not isinstance(artifact, (str, os.PathLike)) and "model.c" in str(err):
                 raise ToolchainError(f"{err}\n(model {info.name!r} was exported to a temporary directory that is "
