@@ -152,7 +152,7 @@ def test_library_contract(digits_artifact) -> None:
         assert forbidden not in text, forbidden
     # integer-only inference: no float in any kernel the run function calls
     for step in digits_artifact.metadata["steps"]:
-        body = _function_body(source, f"static void {step['kernel']}")
+        body = _function_body(source, f"static TVMQ_KERNEL void {step['kernel']}")
         assert "float" not in body and "double" not in body, step["kernel"]
     assert "TVMQ_WEIGHTS" in source and "static uint8_t tvmq_digits_arena[" in source
 
