@@ -163,6 +163,11 @@ class _Realizer:
         if kind == "clamp":
             prim = S.qclamp_primfunc(layer.in_shapes[0], lo=lp.act_min, hi=lp.act_max)
             return self._layer_call(layer, prim, inputs, inplace=(0,))
+        if kind == "requantize":  # a clamp onto another grid (pre-quantized models' standalone RELU)
+            prim = S.qrequantize_primfunc(layer.in_shapes[0], in_zp=lp.inputs[0].zero_point,
+                                          out_zp=lp.output.zero_point, act_min=lp.act_min, act_max=lp.act_max,
+                                          **lp.params)  # fmt: skip
+            return self._layer_call(layer, prim, inputs, inplace=(0,))
         if kind == "reshape":
             return self._reshape(inputs[0], _storage_shape(layer.out_shape, lp.out_codebook))
         if kind == "transpose":

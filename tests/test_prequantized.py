@@ -93,8 +93,8 @@ def test_damaged_files_and_other_formats_are_refused(tmp_path: Path) -> None:
         tvmq.load_quantized(data[: len(data) // 3])
     with pytest.raises(ModelLoadError, match="not found"):
         tvmq.load_quantized(tmp_path / "missing.tflite")
-    with pytest.raises(ModelLoadError, match="pre-quantized ONNX"):
-        tvmq.load_quantized(DATA / "digits.qdq.onnx")
+    with pytest.raises(ModelLoadError, match="float ONNX model.*tvmq.quantize"):
+        tvmq.load_quantized(DATA / "digits.onnx")
 
 
 def test_cli_builds_an_int8_tflite_without_calibration(tmp_path: Path) -> None:

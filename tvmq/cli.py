@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from . import examples
 from .codegen import build
 from .config import ACT_SCHEMES, CODEBOOK_MODES, OBSERVERS, QUANTILE_CENTERS, WEIGHT_SCHEMES, QuantConfig
 from .errors import CalibrationDataError, ConfigError, TvmqError
+from .frontends.onnx_qdq import is_quantized_onnx
 from .quant.prequantized import load_quantized
 from .quant.quantize import quantize
 from .target import CORES, parse_target
@@ -116,13 +118,25 @@ def _config(args: argparse.Namespace) -> QuantConfig:
 
 
 def _load(args: argparse.Namespace) -> Any:
-    """Calibrate and quantize a float model, or, without --calib, take a full-integer int8 model as it is."""
+    """Calibrate and quantize a float model, or, without --calib, take a pre-quantized model as it is."""
     if args.calib is None:
-        if not str(args.model).lower().endswith(".tflite"):
+        if not _is_prequantized(args.model):
             raise ConfigError(f"{args.model}: --calib is required to quantize a float model; only full-integer "
-                              "int8 .tflite models are taken without it")  # fmt: skip
+                              "int8 .tflite and QDQ/QOperator .onnx models are taken without it")  # fmt: skip
         return load_quantized(args.model)
     return quantize(args.model, args.calib, _config(args))
+
+
+def _is_prequantized(model: str) -> bool:
+    """A .tflite (load_quantized says if it is float), or an .onnx holding quantization nodes (or unreadable:
+    load_quantized then says what is wrong with the file)."""
+    suffix = Path(model).suffix.lower()
+    if suffix != ".onnx":
+        return suffix == ".tflite"
+    try:
+        return is_quantized_onnx(onnx.load(model, load_external_data=False))
+    except Exception:  # noqa: BLE001 - missing or damaged: load_quantized reports it with the file name
+        return True
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
@@ -183,8 +197,8 @@ def _add_quant_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="float model file (.onnx or .tflite)")
     p.add_argument(
         "--calib",
-        help="calibration samples (.npy, or .npz with 'calibration'/'x'); leave out for a "
-        "full-integer int8 .tflite, whose own quantization is kept (tvmq.load_quantized)",
+        help="calibration samples (.npy, or .npz with 'calibration'/'x'); leave out for a full-integer int8 "
+        ".tflite or a QDQ/QOperator .onnx, whose own quantization is kept (tvmq.load_quantized)",
     )
     p.add_argument("--weight-bits", type=int, default=8)
     p.add_argument("--act-bits", type=int, default=8)

@@ -48,6 +48,10 @@ def from_onnx(model: str | os.PathLike | onnx.ModelProto) -> tvm.IRModule:
     Checks every node's op type first and refuses the model, listing all unsupported nodes, before any work.
     """
     proto, origin = load_onnx_proto(model)
+    quantized = ("QuantizeLinear", "DequantizeLinear")
+    if any(n.op_type in quantized or n.op_type.startswith("QLinear") for n in proto.graph.node):
+        raise ModelLoadError(f"ONNX model {origin} is already quantized (QuantizeLinear/DequantizeLinear or QLinear* "
+                             "nodes): keep its quantization with tvmq.load_quantized (CLI: no --calib)")  # fmt: skip
     raise_if_unsupported(
         "ONNX",
         [(n.op_type, n.name or (n.output[0] if n.output else "?")) for n in proto.graph.node],

@@ -48,7 +48,8 @@ _WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 
 
 def tensor_var_name(index: int) -> str:
-    """Name of the Relax variable bound to TFLite tensor ``index``."""
+    """Name of the Relax variable bound to TFLite tensor ``index`` (other values of the same tensor, e.g. a
+    flattened view, add a suffix that starts with a non-digit)."""
     return f"tfl_t{index}"
 
 
@@ -138,6 +139,7 @@ class _Reader:
                     "inside the graph) is not supported by tvmq's pre-quantized import"
                 )
         info.input_qparams = self._boundary(int(sg.InputsAsNumpy()[0]), info, "input")
+        info.qparams.setdefault(int(sg.InputsAsNumpy()[0]), info.input_qparams)  # e.g. a flattened FC input
         info.output_qparams = self._boundary(int(sg.OutputsAsNumpy()[0]), info, "output")
         out = int(sg.OutputsAsNumpy()[0])
         info.output_tensor = info.producer[out][1][0] if self._type(out) == _FLOAT32 else out
@@ -269,6 +271,29 @@ def _float_converter_class() -> type:
         def convert_dequantize(self, op: Any) -> Any:
             (inp,) = self.get_input_tensors(op)
             return self.get_tensor_expr(inp)
+
+        def convert_fully_connected(self, op: Any) -> Any:
+            """TFLM runs FULLY_CONNECTED on its input flattened to [rows, depth] and writes the output tensor's own
+            shape (keep_num_dims or not); TVM's converter would emit an N-d matmul. Flatten, convert, reshape."""
+            inp = self.get_input_tensors(op)[0]
+            shape = [int(d) for d in inp.tensor.ShapeAsNumpy()]
+            if len(shape) <= 2:
+                return super().convert_fully_connected(op)
+            index, out_index = int(inp.tensor_idx), int(self.get_output_tensors(op)[0].tensor_idx)
+            name = get_tensor_name(self.subgraph, index)
+            original = self.exp_tab.get_expr(name)
+            # the flattened input and the 2-d product carry the qparams of the input and output tensors
+            flat = tvm.relax.op.reshape(original, [int(np.prod(shape[:-1])), shape[-1]])
+            flat = self.bb.emit(flat, name_hint=f"{tensor_var_name(index)}_2d")
+            self.exp_tab.set_expr(name, flat, force_override=True)
+            try:
+                out = super().convert_fully_connected(op)
+            finally:
+                self.exp_tab.set_expr(name, original, force_override=True)
+            if isinstance(out, tvm.relax.Call) and out.op.same_as(tvm.ir.Op.get("relax.reshape")):
+                out = out.args[0]  # keep_num_dims's reshape of the 2-d product: replaced by the one below
+            out_shape = [int(d) for d in self.subgraph.Tensors(out_index).ShapeAsNumpy()]
+            return tvm.relax.op.reshape(self.bb.emit(out, name_hint=f"{tensor_var_name(out_index)}_2d"), out_shape)
 
         def convert_op_to_relax(self) -> None:
             for k in range(self.subgraph.OperatorsLength()):

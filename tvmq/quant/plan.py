@@ -244,6 +244,9 @@ def _fill_kind_params(plan: LayerPlan, layer: Layer, cfg: LayerQuantConfig, pow2
                 mult, shift = _requant(np.array([qp.scale / out_qp.scale]), pow2)
                 rescale.append((None if mult is None else int(mult[0]), int(shift[0])))
         plan.params = {"rescale": rescale}
+    elif layer.kind == "requantize":  # a clamp onto another grid (pre-quantized RELU): TFLM's ReluQuantized
+        mult, shift = _requant(np.array([in_qp.scale / out_qp.scale]), pow2)
+        plan.params = {"mult": None if mult is None else int(mult[0]), "shift": int(shift[0])}
     elif layer.kind == "pad":
         plan.params = {"pad_code": int(in_qp.quantize(np.array([layer.attrs["pad_value"]]))[0])}
     elif layer.kind == "softmax":  # TFLite Micro's int8 softmax, so tvmq and TFLM agree byte for byte

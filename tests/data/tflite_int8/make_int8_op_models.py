@@ -2,8 +2,9 @@
 
 Run once (not by the tests). TensorFlow is kept out of the project venv; use a separate one:
 
-    python3 -m venv /tmp/trainvenv && /tmp/trainvenv/bin/pip install tensorflow-cpu
-    /tmp/trainvenv/bin/python tests/data/tflite_int8/make_int8_op_models.py
+    python3 -m venv /tmp/trainvenv && /tmp/trainvenv/bin/pip install tensorflow-cpu==2.21.0
+    /tmp/trainvenv/bin/python tests/data/tflite_int8/make_int8_op_models.py              # every file
+    /tmp/trainvenv/bin/python tests/data/tflite_int8/make_int8_op_models.py dense_3d_flat  # only these models
 
 Every model is a small Keras graph converted by the TFLite converter with full-integer int8 quantization
 (representative dataset of random data, int8 input/output, TFLITE_BUILTINS_INT8). Seeds are fixed, so the
@@ -26,6 +27,7 @@ Besides the op models (``<family>_<variant>.tflite``) it writes:
 from __future__ import annotations
 
 import os
+import sys
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -112,6 +114,8 @@ MODELS: dict[str, Callable[[], tf.keras.Model]] = {
     "dense_nobias": lambda: seq((16,), L.Dense(8, use_bias=False)),
     "dense_after_flatten": lambda: seq((4, 4, 2), L.Conv2D(3, 3, activation="relu"), L.Flatten(), L.Dense(5)),
     "dense_3d_input": lambda: seq((4, 6), L.Dense(5)),
+    # keep_num_dims false (set by EDITS below): the (1, 4, 6) input flattened to (4, 6), output (4, 5)
+    "dense_3d_flat": lambda: seq((4, 6), L.Dense(5), L.Flatten()),
     # ADD
     "add_two_branches": lambda: residual(False),
     "add_relu_two_branches": lambda: residual(True),
@@ -144,6 +148,8 @@ MODELS: dict[str, Callable[[], tf.keras.Model]] = {
     # CONCATENATION, SOFTMAX
     "concat_two_convs": concat,
     "dense_softmax": lambda: seq((16,), L.Dense(6), L.Softmax()),
+    # LOGISTIC: TFLM's int8 logistic is its own fixed-point algorithm, which tvmq does not reproduce (refused)
+    "logistic_after_dense": lambda: seq((16,), L.Dense(6), L.Activation("sigmoid")),
 }
 
 # bad file -> (tensor of the conv2d_two_layers model to edit, what to do to it); "activation" is the output of
@@ -215,14 +221,41 @@ def make_bad(source: bytes, what: str, how: str) -> bytes:
     return bytes(flatbuffer_utils.convert_object_to_bytearray(m))
 
 
-def main() -> None:
+def flat_fully_connected(data: bytes) -> bytes:
+    """FULLY_CONNECTED with keep_num_dims false on a 3-d input: its output tensor becomes [rows, units] (what TFLM
+    writes then); the converter only emits keep_num_dims true for Dense on a 3-d input."""
+    m = flatbuffer_utils.read_model_from_bytearray(bytearray(data))
+    sg = m.subgraphs[0]
+    fully_connected = schema.BuiltinOperator.FULLY_CONNECTED
+    (fc,) = [op for op in sg.operators if m.operatorCodes[op.opcodeIndex].builtinCode == fully_connected]
+    fc.builtinOptions.keepNumDims = False
+    out = sg.tensors[fc.outputs[0]]
+    rows = int(np.prod(sg.tensors[fc.inputs[0]].shape[:-1]))
+    out.shape = np.array([rows, out.shape[-1]], dtype=np.int32)
+    out.shapeSignature = None
+    print(f"  FULLY_CONNECTED keep_num_dims false, output '{out.name.decode()}' {out.shape.tolist()}")
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(m))
+
+
+# model -> edit of the converted flatbuffer
+EDITS: dict[str, Callable[[bytes], bytes]] = {"dense_3d_flat": flat_fully_connected}
+
+
+def main(names: list[str]) -> None:
+    """Write every model, or only ``names`` (each file is seeded by its name, so a subset leaves the others)."""
     for name, build in MODELS.items():
+        if names and name not in names:
+            continue
         seed = zlib.crc32(name.encode()) % 10_000  # per name: adding a model does not change the others
         tf.keras.utils.set_random_seed(seed)
         model = randomize(build(), seed)
         data = convert(model, seed)
+        if name in EDITS:
+            data = EDITS[name](data)
         save(name, data)
         print("  ops:", " ".join(op_names(data)))
+    if names:
+        return
 
     tf.keras.utils.set_random_seed(100)
     try:
@@ -239,4 +272,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
