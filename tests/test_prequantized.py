@@ -51,7 +51,7 @@ def test_accuracy_is_the_int8_tflite_accuracy(zoo) -> None:
     assert accuracy == pytest.approx(meta["tflite_int8_accuracy"], abs=1e-9)
 
 
-@pytest.mark.parametrize("name", ["digits_res8", "digits_mbv1"])
+@pytest.mark.parametrize("name", ["basicmotions", "digits", "digits_res8", "digits_mbv1", "vowels_dscnn"])
 def test_prequantized_models_run_bit_exactly_on_qemu(name: str) -> None:
     q = tvmq.load_quantized(DATA / f"{name}.int8.tflite")
     x = np.random.default_rng(7).integers(-128, 128, size=(8, *q.input_shape[1:])).astype(np.int8)
