@@ -113,13 +113,44 @@ def _config(args: argparse.Namespace) -> QuantConfig:
         weight_bits=args.weight_bits, act_bits=args.act_bits, weight_observer=args.weight_observer,
         act_observer=args.act_observer, per_channel=not args.per_tensor, pow2_scales=args.pow2,
         weight_scheme=args.weight_scheme, act_scheme=args.act_scheme, codebook_mode=args.codebook_mode,
-        quantile_center=args.quantile_center,
+        quantile_center=args.quantile_center, ptq=_ptq_list(args.ptq), ptq_options=_ptq_options(args.ptq_option),
+        ptq_seed=args.ptq_seed,
     )  # fmt: skip
+
+
+def _ptq_list(text: str | None) -> list[str]:
+    """``--ptq cle,mse_init,adaround`` -> the list (names are checked by QuantConfig)."""
+    return [name.strip() for name in text.split(",") if name.strip()] if text else []
+
+
+def _ptq_options(items: list[str] | None) -> dict[str, dict[str, Any]]:
+    """``--ptq-option adaround.iters=2000`` (repeatable) -> ``{"adaround": {"iters": 2000}}``."""
+    options: dict[str, dict[str, Any]] = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        algorithm, dot, name = key.partition(".")
+        if not sep or not dot or not algorithm or not name:
+            raise ConfigError(f"--ptq-option {item!r}: expected ALGORITHM.OPTION=VALUE, e.g. adaround.iters=2000")
+        options.setdefault(algorithm, {})[name] = _option_value(text)
+    return options
+
+
+def _option_value(text: str) -> Any:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def _load(args: argparse.Namespace) -> Any:
     """Calibrate and quantize a float model, or, without --calib, take a pre-quantized model as it is."""
     if args.calib is None:
+        if args.ptq:
+            raise ConfigError(f"{args.model}: --ptq runs on a float model with calibration data; give --calib")
         if not _is_prequantized(args.model):
             raise ConfigError(f"{args.model}: --calib is required to quantize a float model; only full-integer "
                               "int8 .tflite and QDQ/QOperator .onnx models are taken without it")  # fmt: skip
@@ -222,6 +253,12 @@ def _add_quant_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--codebook-mode", choices=CODEBOOK_MODES, default="per_channel",
                    help="one weight codebook per output channel, or one per layer on normalised channels")  # fmt: skip
+    p.add_argument("--ptq", metavar="A,B,...",
+                   help="post-training quantization steps in order, e.g. cle,mse_init,adaround,bias_correction "
+                        "(tvmq.ptq; an unknown name lists the known ones)")  # fmt: skip
+    p.add_argument("--ptq-option", action="append", metavar="ALG.OPTION=VALUE",
+                   help="an option of a --ptq step, e.g. adaround.iters=2000 (repeatable)")  # fmt: skip
+    p.add_argument("--ptq-seed", type=int, default=0, help="seed of the --ptq steps' random choices")
 
 
 def _boards() -> list[str]:

@@ -73,6 +73,10 @@ class QuantConfig:
     first layer's setting) a codebook of 2^``act_bits`` levels fitted to its calibration values: the layer ends in
     LUT-requantize and the tensor is stored as packed codes (``act_bits`` <= 4) that the next layer decodes.
     Other ops keep uniform outputs; an explicit per-layer act_scheme on them is refused.
+
+    ``ptq`` lists post-training quantization algorithms run in order before the integer weights are fixed
+    (``tvmq.ptq``: e.g. ``["cle", "mse_init", "adaround", "bias_correction"]``); ``ptq_options`` sets their
+    options (``{"adaround": {"iters": 2000}}``) and ``ptq_seed`` their random choices.
     """
 
     weight_bits: int = 8
@@ -89,6 +93,8 @@ class QuantConfig:
     max_calibration_samples: int = 1024
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     ptq: list[str] = field(default_factory=list)
+    ptq_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ptq_seed: int = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -114,11 +120,12 @@ class QuantConfig:
                     f"per-layer fields are {list(LAYER_FIELDS)}"
                 )
             _check_layer_fields(fields, where=f"QuantConfig.overrides['{layer}']")
-        if self.ptq:
-            raise ConfigError(
-                f"QuantConfig.ptq={self.ptq!r}: no PTQ algorithm is available in this version of tvmq; "
-                "leave ptq empty (round-to-nearest with the chosen observers)"
-            )
+        if isinstance(self.ptq_seed, bool) or not isinstance(self.ptq_seed, int) or self.ptq_seed < 0:
+            raise ConfigError(f"QuantConfig.ptq_seed must be a non-negative int, got {self.ptq_seed!r}")
+        if self.ptq or self.ptq_options:
+            from .ptq import check_pipeline  # the algorithms register there; imported only when a pipeline is asked
+
+            check_pipeline(self.ptq, self.ptq_options)
 
     def for_layer(self, name: str) -> LayerQuantConfig:
         """Settings of layer ``name``: the global defaults with that layer's overrides applied."""

@@ -32,6 +32,7 @@ class QuantizedModel:
     layers: list[Layer]
     plan: QuantPlan
     config: QuantConfig
+    ptq_report: dict[str, Any] = field(default_factory=dict)  # what each tvmq.ptq step did (QuantConfig.ptq)
     _runners: dict[str, HostRunner] = field(default_factory=dict, repr=False)
 
     # -- interface ---------------------------------------------------------------------------------------------

@@ -111,11 +111,13 @@ class QuantPlan:
 
 
 def make_plan(
-    layers: list[Layer], input_var, observers: dict, config: QuantConfig, fixed_weights: dict | None = None
+    layers: list[Layer], input_var, observers: dict, config: QuantConfig, fixed_weights: dict | None = None,
+    rounded_weights: dict | None = None,
 ) -> QuantPlan:  # fmt: skip
     """Derive all integer parameters. ``observers`` maps the input var and each layer output var to its observer,
     or to the ``QParams`` a pre-quantized model fixes; ``fixed_weights`` maps a layer name to its given
-    ``(int8 weight, scales, int32 bias or None)``."""
+    ``(int8 weight, scales, int32 bias or None)``; ``rounded_weights`` maps a layer name to the ``(int8 weight,
+    scales)`` a PTQ rounding algorithm chose on the uniform grid (stored and biased as round-to-nearest ones)."""
     pow2 = config.pow2_scales
     # the model input is quantized as its first conv/dense layer says (a layout transpose may come before it)
     first = config.for_layer(next((lay.name for lay in layers if lay.kind in WEIGHTED_KINDS), ""))
@@ -152,7 +154,8 @@ def make_plan(
             plan.out_codebook = _act_codebook(observers[layer.output], cfg, out_qp, clamp, packed)
         else:
             plan.out_codebook = _passed_codebook(layer, in_cbs[0] if in_cbs else None, out_qp, last)
-        _fill_kind_params(plan, layer, cfg, pow2, (fixed_weights or {}).get(layer.name))
+        _fill_kind_params(plan, layer, cfg, pow2, (fixed_weights or {}).get(layer.name),
+                          (rounded_weights or {}).get(layer.name))  # fmt: skip
         tensors[layer.output] = out_qp
         if plan.out_codebook is not None:
             codebooks[layer.output] = plan.out_codebook
@@ -219,13 +222,14 @@ def _requant(real: np.ndarray, pow2: bool) -> tuple[np.ndarray | None, np.ndarra
     return np.asarray(mult, np.int32).reshape(real.shape), np.asarray(shift, np.int32).reshape(real.shape)
 
 
-def _fill_kind_params(plan: LayerPlan, layer: Layer, cfg: LayerQuantConfig, pow2: bool, fixed=None) -> None:
+def _fill_kind_params(plan: LayerPlan, layer: Layer, cfg: LayerQuantConfig, pow2: bool, fixed=None,
+                      rounded=None) -> None:  # fmt: skip
     in_qp, out_qp = plan.inputs[0], plan.output
     if layer.kind in WEIGHTED_KINDS:
         if fixed is not None:
             plan.weight, plan.weight_scale, plan.bias = fixed
         else:
-            _quantize_layer_weights(plan, layer, cfg, pow2)
+            _quantize_layer_weights(plan, layer, cfg, pow2, rounded)
             if layer.bias is not None:
                 plan.bias = quantize_bias(layer.bias, in_qp.scale, plan.weight_scale)
         if plan.out_codebook is None:
@@ -282,14 +286,18 @@ def _lut_requantize_params(plan: LayerPlan, layer: Layer, pow2: bool) -> None:
     plan.thresholds = lut_thresholds(levels, cb.bits, np.array([fine]), None, clamp)[0]
 
 
-def _quantize_layer_weights(plan: LayerPlan, layer: Layer, cfg: LayerQuantConfig, pow2: bool) -> None:
+def _quantize_layer_weights(plan: LayerPlan, layer: Layer, cfg: LayerQuantConfig, pow2: bool, rounded=None) -> None:
     """int8 weights and scales, and at 1..4 bits (any scheme) their packed index storage: above 4 bits an index
-    takes a whole byte, so the decoded int8 weight is stored instead (same size, no table, no decode)."""
+    takes a whole byte, so the decoded int8 weight is stored instead (same size, no table, no decode).
+    ``rounded``: ``(codes, scales)`` chosen by a PTQ rounding algorithm instead of round-to-nearest."""
     bits, scheme = cfg.weight_bits, cfg.weight_scheme
+    if rounded is not None and scheme != "uniform":
+        raise ConfigError(f"layer {layer.name}: PTQ rounding chooses codes on the uniform grid; it cannot be used "
+                          f"with weight_scheme={scheme!r}")  # fmt: skip
     if scheme == "uniform":
-        plan.weight, plan.weight_scale = quantize_weights(
+        plan.weight, plan.weight_scale = rounded if rounded is not None else quantize_weights(
             layer.weight, bits, cfg.per_channel, cfg.weight_observer, cfg.percentile, pow2
-        )
+        )  # fmt: skip
         if S.slot_bits(bits) < 8:
             plan.codebook = _uniform_codebook(plan.weight, bits)
         return

@@ -51,10 +51,21 @@ def quantize(
     config.check_layer_names([layer.name for layer in layers])
     input_shape = tuple(int(d) for d in func.params[0].ty.shape)
     samples = as_samples(calibration_data, input_shape)[: config.max_calibration_samples]
-    observers = _calibrate(float_mod, func.params[0], layers, samples, progress)
-    plan = make_plan(layers, func.params[0], observers, config)
+    rounded, report, observers = None, {}, None
+    if config.ptq:  # post-training quantization steps (tvmq.ptq): may rewrite the float model, config and weights
+        from ..ptq import run_pipeline
+
+        state = run_pipeline(float_mod, layers, samples, config, progress)
+        float_mod, layers, config, rounded, report = (state.float_mod, state.layers, state.config, state.rounded,
+                                                      state.report)  # fmt: skip
+        func = float_mod["main"]
+        observers = state.cache["float"].observers if "float" in state.cache else None
+    if observers is None:
+        observers = _calibrate(float_mod, func.params[0], layers, samples, progress)
+    plan = make_plan(layers, func.params[0], observers, config, rounded_weights=rounded)
     int_mod = RealizeIntegerOps(layers, plan)(float_mod)
-    return QuantizedModel(float_mod=float_mod, int_mod=int_mod, layers=layers, plan=plan, config=config)
+    return QuantizedModel(float_mod=float_mod, int_mod=int_mod, layers=layers, plan=plan, config=config,
+                          ptq_report=report)  # fmt: skip
 
 
 def _check_weights(layers: list[Layer]) -> None:
