@@ -165,3 +165,19 @@ def test_int8_tflite_concat_of_two_convs_needs_no_arena() -> None:
     assert artifact.arena_bytes == 0
     x = np.random.default_rng(2).integers(-128, 128, size=(5, *q.input_shape[1:])).astype(np.int8)
     np.testing.assert_array_equal(tvmq.qemu.run(artifact, x, progress=False).raw_outputs, q.run_int(x))
+
+
+@pytest.mark.parametrize("name", ["basicmotions", "vowels_dscnn"])
+def test_io_in_the_arena_counts_like_tflm_and_runs_on_qemu(name: str) -> None:
+    """``io_in_arena``: the model's input and output get arena buffers, as TFLM's head holds them; the caller may
+    use them without a copy. The arena then holds everything, and stays below TFLM's head (1200 / 4992 B)."""
+    q = tvmq.load_quantized(Path(tvmq.examples.__file__).parent / "data" / f"{name}.int8.tflite")
+    caller_io, in_arena = tvmq.build(q, name=name), tvmq.build(q, name=name, io_in_arena=True)
+    io_bytes = in_arena.metadata["input"]["bytes"] + in_arena.metadata["output"]["bytes"]
+    assert caller_io.arena_bytes <= in_arena.arena_bytes <= caller_io.arena_bytes + io_bytes + 2 * ALIGNMENT
+    assert in_arena.arena_bytes <= {"basicmotions": 1200, "vowels_dscnn": 4992}[name]
+    assert in_arena.metadata["io_in_arena"] and not caller_io.metadata["io_in_arena"]
+    header = in_arena.files["model.h"]
+    assert f"int8_t* tvmq_{name}_input(void);" in header and f"#define TVMQ_{name.upper()}_IO_IN_ARENA 1" in header
+    x = np.random.default_rng(4).integers(-128, 128, size=(4, *q.input_shape[1:])).astype(np.int8)
+    np.testing.assert_array_equal(tvmq.qemu.run(in_arena, x, progress=False).raw_outputs, q.run_int(x))

@@ -186,7 +186,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     qmodel = _load(args)
     name = args.name or Path(args.model).stem
     _status(f"building C for {args.target}")
-    artifact = build(qmodel, target=args.target, name=name)
+    artifact = build(qmodel, target=args.target, name=name, io_in_arena=args.io_in_arena)
     out = artifact.export(args.output, overwrite=args.force)
     plan = artifact.plan
     print(qmodel.summary())
@@ -299,6 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("-o", "--output", required=True, help="output directory (written atomically)")
     b.add_argument("--name", help="C name of the model (default: the model file's stem)")
     b.add_argument("--force", action="store_true", help="replace a non-empty output directory")
+    b.add_argument(
+        "--io-in-arena",
+        action="store_true",
+        help="plan the model's input and output inside the arena (zero-copy tvmq_<name>_input/_output)",
+    )
     b.set_defaults(func=cmd_build)
 
     r = sub.add_parser("run", help="run an exported library on a QEMU Cortex-M board")

@@ -76,11 +76,14 @@ def build(
     *,
     name: str = "model",
     schedule=None,
+    io_in_arena: bool = False,
 ) -> Artifact:
     """Compile a quantized model to one standalone C library for a Cortex-M core.
 
     ``target``: ``"c -mcpu=cortex-m4"``, ``{"kind": "c", "mcpu": "cortex-m4"}`` or a ``tvm.target.Target``.
-    ``schedule``: PrimFunc -> PrimFunc (tuned schedules); the default schedule when None.
+    ``schedule``: PrimFunc -> PrimFunc (tuned schedules); the default schedule when None. ``io_in_arena``: the
+    model's input and output are planned in the arena too (``tvmq_<name>_input()``/``_output()`` give zero-copy
+    access, as TFLM's input/output tensors do); by default they are the caller's buffers.
     """
     if not isinstance(model, QuantizedModel):
         raise ConfigError(f"tvmq.build takes a QuantizedModel (from tvmq.quantize), got {type(model).__name__}")
@@ -88,7 +91,7 @@ def build(
     ident = c_identifier(name)
     main = write_concat_slices(read_program(model.int_mod))
     boundary = {f: read_program(model.int_mod, f) for f in BOUNDARY_FUNCTIONS}
-    plan = plan_memory(main)
+    plan = plan_memory(main, io_in_arena=io_in_arena)
     funcs = {kernel_symbol(k): f for p in (main, *boundary.values()) for k, f in p.kernels.items()}
     kwargs = {} if schedule is None else {"schedule": schedule}
     strides = {kernel_symbol(s.kernel): s.out_strides for s in main.steps if s.out_strides is not None}
@@ -145,10 +148,13 @@ def _metadata(name: str, micro: MicroTarget, model: QuantizedModel, main: Progra
         "macs": sum(s["macs"] for s in steps),
         "weights_bytes": weights,
         "arena_bytes": plan.arena_bytes,
+        "io_in_arena": plan.location.get(main.input, ("input", 0))[0] == "arena",
         "memory_plan": plan.to_json(),
         "layers": model.layer_stats(),
         "api": {"run": f"tvmq_{name}_run", "quantize_input": f"tvmq_{name}_quantize_input",
-                "dequantize_output": f"tvmq_{name}_dequantize_output"},
+                "dequantize_output": f"tvmq_{name}_dequantize_output",
+                **({"input": f"tvmq_{name}_input", "output": f"tvmq_{name}_output"}
+                   if plan.location.get(main.input, ("input", 0))[0] == "arena" else {})},
     }  # fmt: skip
 
 

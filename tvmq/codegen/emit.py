@@ -83,13 +83,15 @@ class ModelWriter:
         ctype = c_type(t.dtype)
         if storage.kind == "const":
             return f"({ctype}*){_const_symbol(storage)}"
+        part = program.byte_offset(t)  # a slice written straight into a concatenation
+        where = self.plan.location.get(storage) if program is self.main else None
+        if where is not None and where[0] == "arena":
+            return f"({ctype}*)({self.prefix}_arena + {where[1] + part})"
         if storage is program.input:
             return f"({ctype}*){in_name}"
-        part = program.byte_offset(t)  # a slice written straight into a concatenation
         if storage is program.storage(program.output):
             return f"({ctype}*)((uint8_t*){out_name} + {part})" if part else f"({ctype}*){out_name}"
-        kind, offset = self.plan.location[storage]
-        return f"({ctype}*)({self.prefix}_arena + {offset + part})"
+        raise AssertionError(f"tensor {t.name} has no place in the memory plan")
 
     def _call(self, step: Step, program: Program, in_name: str, out_name: str) -> str:
         args = [self._pointer(t, program, in_name, out_name) for t in (*step.inputs, step.output)]
@@ -101,13 +103,36 @@ class ModelWriter:
             return [f"  memcpy({out_name}, {in_name}, {program.input.nbytes});"]
         return []
 
+    def _io_in_arena(self) -> tuple[int, int] | None:
+        """Arena offsets of the model input and output when the plan holds them (``io_in_arena``), else None."""
+        main = self.main
+        where_in = self.plan.location.get(main.input)
+        where_out = self.plan.location.get(main.storage(main.output))
+        if where_in is None or where_in[0] != "arena":
+            return None
+        return where_in[1], where_out[1] + main.byte_offset(main.output)
+
     def _run_function(self) -> str:
-        lines = [f"int32_t {self.prefix}_run(const int8_t* input, int8_t* output) {{"]
+        io = self._io_in_arena()
+        lines = []
+        if io is not None:  # zero-copy access for the application; run() copies only when given other buffers
+            lines += [
+                f"int8_t* {self.prefix}_input(void) {{ return (int8_t*)({self.prefix}_arena + {io[0]}); }}",
+                f"int8_t* {self.prefix}_output(void) {{ return (int8_t*)({self.prefix}_arena + {io[1]}); }}\n",
+            ]
+        lines.append(f"int32_t {self.prefix}_run(const int8_t* input, int8_t* output) {{")
+        if io is not None:
+            lines.append(f"  if (input != {self.prefix}_input()) memcpy({self.prefix}_input(), input, "
+                         f"{self.main.input.nbytes});")  # fmt: skip
         for i, step in enumerate(self.main.steps):
             lines.append(f"  TVMQ_STEP_BEGIN({i});  /* {step.name} */")
             lines.append("  " + self._call(step, self.main, "input", "output"))
             lines.append(f"  TVMQ_STEP_END({i});")
-        lines += self._passthrough(self.main, "input", "output")
+        if io is None:
+            lines += self._passthrough(self.main, "input", "output")
+        else:
+            lines.append(f"  if (output != {self.prefix}_output()) memcpy(output, {self.prefix}_output(), "
+                         f"{self.main.output.nbytes});")  # fmt: skip
         lines += ["  return 0;", "}\n"]
         return "\n".join(lines)
 
@@ -118,6 +143,18 @@ class ModelWriter:
         return "\n".join([f"void {self.prefix}_{which}({params}) {{", *body, "}\n"])
 
     # -- model.h -------------------------------------------------------------------------------------------------
+    def _io_header(self) -> str:
+        p, m = self.prefix, self.macro
+        if self._io_in_arena() is None:
+            return f"#define {m}_IO_IN_ARENA 0\n"
+        return f"""
+/* The input and output live in the arena ({m}_IO_IN_ARENA): write the input codes to {p}_input(), call
+   {p}_run({p}_input(), {p}_output()) and read {p}_output(), with no copy. The input is not kept after a run. */
+#define {m}_IO_IN_ARENA 1
+int8_t* {p}_input(void);
+int8_t* {p}_output(void);
+"""
+
     def header(self, banner: str, input_q: tuple[float, int], output_q: tuple[float, int]) -> str:
         m, p = self.macro, self.prefix
         ins, outs = self.main.input, self.main.output
@@ -142,7 +179,7 @@ extern "C" {{
 
 /* One inference on int8 codes. Integer-only; uses the static arena, so it is not reentrant. Returns 0. */
 int32_t {p}_run(const int8_t* input, int8_t* output);
-
+{self._io_header()}
 /* Float input -> int8 codes: q = clamp(round(x / INPUT_SCALE) + INPUT_ZERO_POINT), or, when the model's input
    has a codebook (non-uniform act_scheme), the int8 code of the nearest codebook level on that grid. */
 void {p}_quantize_input(const float* x, int8_t* q);

@@ -6,7 +6,7 @@ does not overlap a buffer alive at the same time, as TensorFlow Lite Micro's ``G
 Kernels marked ``tvmq.inplace`` (elementwise ops, a convolution with a fused residual ADD, in-place depthwise and
 1x1 convolutions) write over one of their inputs when that input dies at the same step and nothing else of the
 step reads it; the output takes the start of that input's buffer.
-The model's input and output are the caller's buffers and never take arena space.
+The model's input and output are the caller's buffers and take no arena space, unless ``io_in_arena``.
 """
 
 from __future__ import annotations
@@ -74,18 +74,26 @@ class MemoryPlan:
         }  # fmt: skip
 
 
-def plan_memory(program: Program) -> MemoryPlan:
-    """Lifetimes from the step order, in-place merges, then greedy-by-size offsets."""
+def plan_memory(program: Program, *, io_in_arena: bool = False) -> MemoryPlan:
+    """Lifetimes from the step order, in-place merges, then greedy-by-size offsets.
+
+    ``io_in_arena``: the model's input and output get arena buffers too (as in TensorFlow Lite Micro, whose arena
+    holds them): the input alive from the start to its last reader, the output from its writer to the end.
+    """
     output_storage = program.storage(program.output)
     buffer_of: dict[Tensor, Buffer] = {}
     buffers: list[Buffer] = []
+    last_step = len(program.steps) - 1
+    if io_in_arena:
+        buffers.append(Buffer([program.input], program.input.nbytes, 0, 0))
+        buffer_of[program.input] = buffers[-1]
     for index, step in enumerate(program.steps):
         for t in step.inputs:
             owner = buffer_of.get(program.storage(t))
             if owner is not None:
                 owner.last = max(owner.last, index)
         out = program.storage(step.output)
-        if out is output_storage:
+        if out is output_storage and not io_in_arena:
             continue
         if out in buffer_of:  # another slice of a concatenation whose buffer exists already
             continue
@@ -98,15 +106,17 @@ def plan_memory(program: Program) -> MemoryPlan:
         buf = Buffer([out], out.nbytes, index, index)
         buffers.append(buf)
         buffer_of[out] = buf
+    if io_in_arena and output_storage in buffer_of:  # read by the caller after the last step
+        buffer_of[output_storage].last = last_step
     _place_greedy_by_size(buffers)
     location: dict[Tensor, tuple[str, int]] = {}
-    for t in {program.storage(x) for s in program.steps for x in (*s.inputs, s.output)}:
-        if t.kind in ("input", "const"):
-            location[t] = (t.kind, 0)
-        elif t is output_storage:
-            location[t] = ("output", 0)
-        else:
+    for t in {program.storage(x) for s in program.steps for x in (*s.inputs, s.output)} | {program.input}:
+        if t in buffer_of:
             location[t] = ("arena", buffer_of[t].offset + buffer_of[t].inner.get(t, 0))
+        elif t.kind in ("input", "const"):
+            location[t] = (t.kind, 0)
+        else:
+            location[t] = ("output", 0)
     arena = max((b.offset + _align(b.nbytes) for b in buffers), default=0)
     return MemoryPlan(buffers, arena, _lower_bound(buffers, len(program.steps)), location)
 
