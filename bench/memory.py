@@ -114,7 +114,9 @@ def measure_tvmq(ex: tvmq.examples.ExampleModel, args: argparse.Namespace, mcpu:
     stack = int(res.stack_peak_bytes)
     peak = tvmq_peak(art)
     largest = max((b.nbytes for b in plan.buffers), default=0)
+    io_arena = tvmq.build(q, target=f"c -mcpu={mcpu}", name=ex.name, io_in_arena=True).plan.arena_bytes
     return {
+        "arena_io_in_arena_bytes": io_arena,
         "arena_bytes": plan.arena_bytes, "lower_bound_bytes": plan.lower_bound_bytes,
         "arena_to_lower_bound": round(plan.ratio, 4), "device_arena_bytes": res.memory.arena_bytes,
         "input_bytes": in_bytes, "output_bytes": out_bytes,
@@ -352,6 +354,7 @@ def measure(name: str, args: argparse.Namespace, mcpu: str) -> dict[str, Any]:
         ratios={
             "tvmq_arena_over_tflm_head": _ratio(t["arena_bytes"], f["head_bytes"]),
             "tvmq_arena_plus_io_over_tflm_head": _ratio(t["arena_plus_io_bytes"], f["head_bytes"]),
+            "tvmq_io_in_arena_over_tflm_head": _ratio(t["arena_io_in_arena_bytes"], f["head_bytes"]),
             "tvmq_lower_bound_over_tflm_head": _ratio(t["lower_bound_bytes"], f["head_bytes"]),
             "tvmq_arena_plus_stack_over_tflm_total": _ratio(t["ram_bytes"], f["total_bytes"]),
             "tvmq_arena_plus_stack_plus_io_over_tflm_total": _ratio(t["ram_plus_io_bytes"], f["total_bytes"]),
@@ -405,7 +408,8 @@ def report(rows: list[dict], args: argparse.Namespace, seconds: float) -> dict[s
         "largest sum of live arena-buffer bytes at one step of tvmq's execution order); weights/flash from the "
         "linked firmware's map (tvmq.device.memory); stack_peak_bytes is the deepest stack seen on QEMU over the "
         "device samples, harness + model. ram_bytes = arena + stack peak (no runtime tail). The model input and "
-        "output are caller buffers outside the arena: *_plus_io adds their bytes",
+        "output are caller buffers outside the arena: *_plus_io adds their bytes; arena_io_in_arena_bytes is the "
+        "arena of tvmq.build(io_in_arena=True), which plans them inside it as TFLM's head does",
         "tflm_side": "tflite_micro.python.tflite_micro.runtime.Interpreter.from_bytes(<name>.int8.tflite, "
         f"arena_size={GENEROUS_ARENA}) (the package's x86-64 host build, reference kernels, "
         "RecordingMicroAllocator); after one invoke, print_allocations() writes '[RecordingMicroAllocator] Arena "
