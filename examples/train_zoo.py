@@ -42,16 +42,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import train_digits  # noqa: E402  (same split, export helpers and accuracy as the shipped digits model)
+import torch_training  # noqa: E402  (the training loop and export every example script uses)
+import train_digits  # noqa: E402  (the same split as the shipped digits model)
 import zoo_common  # noqa: E402
 
 SEED = 0
-OPSET = 13
 DATA_DIR = train_digits.DATA_DIR
 DIGITS_CLASSES = [str(c) for c in range(10)]
 VOWEL_FRAMES = 26
@@ -223,58 +222,17 @@ def load_split(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
 
 
 # ------------------------------------------------------------------------------------------------ train
-def train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, batch: int, weight_decay: float) -> None:
-    """Adam with cosine decay, as the other example scripts (MobileNet trains without weight decay: 98.2% vs 97.1%)."""
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    gen = torch.Generator().manual_seed(SEED)
-    loss_fn = nn.CrossEntropyLoss()
-    for _ in range(epochs):
-        model.train()
-        perm = torch.randperm(len(xt), generator=gen)
-        for i in range(0, len(xt), batch):
-            idx = perm[i : i + batch]
-            opt.zero_grad()
-            loss_fn(model(xt[idx]), yt[idx]).backward()
-            opt.step()
-        sched.step()
-    model.eval()
-
-
-def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> list[str]:
-    """Float ONNX, opset 13, batch 1, BatchNorm unfused, eval mode; returns the graph's sorted op kinds."""
-    model.eval()
-    torch.onnx.export(
-        model,
-        (torch.zeros(input_shape, dtype=torch.float32),),
-        str(path),
-        input_names=["input"],
-        output_names=["logits"],
-        opset_version=OPSET,
-        do_constant_folding=False,
-        training=torch.onnx.TrainingMode.EVAL,
-        dynamo=False,
-    )
-    proto = train_digits.constants_to_initializers(onnx.load(str(path)))
-    onnx.checker.check_model(proto)
-    onnx.save(proto, str(path))
-    ops = sorted({node.op_type for node in proto.graph.node})
-    if "BatchNormalization" not in ops:
-        raise RuntimeError(f"BatchNormalization was folded away during export; ops: {ops}")
-    return ops
-
-
 def train_new(spec: ZooModel) -> None:
     """Train one new zoo model and write its .onnx, .npz and base .json."""
-    train_digits.seed_everything(SEED)
+    torch_training.seed_everything(SEED)
     x_train, x_test, y_train, y_test = load_split(spec.name)
     model = spec.build()
-    train(model, x_train, y_train, spec.epochs, spec.batch, spec.weight_decay)
+    torch_training.train(model, x_train, y_train, epochs=spec.epochs, batch=spec.batch,
+                         weight_decay=spec.weight_decay, seed=SEED)  # fmt: skip
     onnx_path = DATA_DIR / f"{spec.name}.onnx"
     input_shape = (1, *x_train.shape[1:])
-    ops = export_onnx(model, input_shape, onnx_path)
-    accuracy = train_digits.onnx_accuracy(onnx_path, x_test, y_test)
+    ops = torch_training.export_onnx(model, input_shape, onnx_path)
+    accuracy = torch_training.onnx_accuracy(onnx_path, x_test, y_test)
     np.savez_compressed(
         DATA_DIR / f"{spec.name}.npz",
         calibration=np.ascontiguousarray(x_train[: spec.n_calibration], dtype=np.float32),
