@@ -238,12 +238,18 @@ def main(argv: list[str] | None = None) -> int:
         for name in tqdm(args.models, desc="models", unit="model", disable=args.no_progress):
             runs.append(measure_model(name, args, Path(tmp)))
     doc = report(runs, args, time.monotonic() - started)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=2) + "\n")
-    png = plot(doc, args.out.with_suffix(".png"))
-    print(table(doc))
-    print(f"wrote {args.out} and {png} in {doc['runtime_seconds']} s")
+    write_report(doc, args.out, plot, table)
     return 0
+
+
+def write_report(doc: dict, out: Path, plot, table) -> Path:
+    """The benchmarks' ending: the JSON at ``out``, ``plot``'s PNG beside it, ``table`` printed; the PNG's path."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+    png = plot(doc, out.with_suffix(".png"))
+    print(table(doc))
+    print(f"wrote {out} and {png} in {doc['runtime_seconds']} s")
+    return png
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 import tvm
-from baseline_instructions import _fmt, _ipm, _ratio, gcc_version, git_revision
+from baseline_instructions import _fmt, _ipm, _ratio, gcc_version, git_revision, write_report
 from memory import channels_last, default_models, tflite_path
 from plain_c_artifact import _BOUNDARY, _MODEL_H, _c_array
 from ref_layers import WEIGHTED_OPS, RefLayer, capture_activations, ref_layers
@@ -973,11 +973,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = layer_rows(args.specs, args.bits, m["layers"], layer_results, m["host"], micro, findings)
     models = zoo_rows(m["zoo"], m["results"], m["results"].get("kernels_zoo_cmsis"), findings) if m["zoo"] else {}
     doc = report(args, rows, models, findings, time.monotonic() - started, m["seconds"])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=2) + "\n")
-    png = plot(doc, args.out.with_suffix(".png"))
-    print(table(doc))
-    print(f"wrote {args.out} and {png} in {doc['runtime_seconds']} s")
+    write_report(doc, args.out, plot, table)
     return 0
 
 

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from baseline_instructions import gcc_version, git_revision
+from baseline_instructions import gcc_version, git_revision, write_report
 from tqdm.auto import tqdm
 
 import tvmq
@@ -534,11 +534,7 @@ def main(argv: list[str] | None = None) -> int:
         bar.set_postfix_str(name)
         rows.append(measure(name, args, mcpu))
     doc = report(rows, args, time.monotonic() - started)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=2) + "\n")
-    png = plot(doc, args.out.with_suffix(".png"))
-    print(table(doc))
-    print(f"wrote {args.out} and {png.name} in {doc['runtime_seconds']} s")
+    write_report(doc, args.out, plot, table)
     failed = False
     if doc["failed_checks"]:
         print("\nBUG: sanity checks failed: " + "; ".join(doc["failed_checks"]), file=sys.stderr)

@@ -133,6 +133,7 @@ def _metadata(name: str, micro: MicroTarget, model: QuantizedModel, main: Progra
                        "offset": plan.location[main.storage(step.output)][1] + main.byte_offset(step.output)},
         })  # fmt: skip
     weights = sum(t.nbytes for s in main.steps for t in s.inputs if t.kind == "const")
+    io_in_arena = plan.location.get(main.input, ("input", 0))[0] == "arena"
     io = {
         "input": {"shape": list(main.input.shape), "dtype": main.input.dtype, "bytes": main.input.nbytes,
                   **_qparams_json(model.input_qparams)},
@@ -148,13 +149,13 @@ def _metadata(name: str, micro: MicroTarget, model: QuantizedModel, main: Progra
         "macs": sum(s["macs"] for s in steps),
         "weights_bytes": weights,
         "arena_bytes": plan.arena_bytes,
-        "io_in_arena": plan.location.get(main.input, ("input", 0))[0] == "arena",
+        "io_in_arena": io_in_arena,
         "memory_plan": plan.to_json(),
         "layers": model.layer_stats(),
         "api": {"run": f"tvmq_{name}_run", "quantize_input": f"tvmq_{name}_quantize_input",
                 "dequantize_output": f"tvmq_{name}_dequantize_output",
                 **({"input": f"tvmq_{name}_input", "output": f"tvmq_{name}_output"}
-                   if plan.location.get(main.input, ("input", 0))[0] == "arena" else {})},
+                   if io_in_arena else {})},
     }  # fmt: skip
 
 

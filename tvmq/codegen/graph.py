@@ -55,12 +55,13 @@ class Program:
 
     def storage(self, t: Tensor) -> Tensor:
         """The tensor owning ``t``'s bytes (follows reshape/alias chains and slices)."""
-        while t in self.aliases or t in self.slices:
-            t = self.aliases[t] if t in self.aliases else self.slices[t][0]
-        return t
+        return self._resolve(t)[0]
 
     def byte_offset(self, t: Tensor) -> int:
         """Where ``t`` starts inside ``storage(t)``: non-zero for a slice written straight into a concatenation."""
+        return self._resolve(t)[1]
+
+    def _resolve(self, t: Tensor) -> tuple[Tensor, int]:
         offset = 0
         while t in self.aliases or t in self.slices:
             if t in self.aliases:
@@ -68,7 +69,7 @@ class Program:
             else:
                 t, part = self.slices[t]
                 offset += part
-        return offset
+        return t, offset
 
 
 def _shape_dtype(ty) -> tuple[tuple[int, ...], str]:
