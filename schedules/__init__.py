@@ -26,6 +26,7 @@ from .codebook import (
 )
 from .conv import conv_out_size, qconv2d
 from .data_movement import qconcat, qpad, qtranspose
+from .default import default_schedule, device_schedule
 from .dense import qdense
 from .elementwise import broadcast_shape, dequantize, qadd, qclamp, qlut, qrequantize, quantize
 from .fixed_point import (
@@ -79,6 +80,8 @@ __all__ = [
     "packed_row_bytes",
     "slot_bits",
     "conv_out_size",
+    "default_schedule",
+    "device_schedule",
     "inplace_shift",
     "pool_out_size",
     "broadcast_shape",

@@ -37,8 +37,6 @@ def decode_weight(
 ) -> te.Tensor:
     """int8 weights of ``shape`` (O, ...): ``table[o, index(o, ...)]`` with the index unpacked from ``packed``."""
     shape = tuple(int(d) for d in shape)
-    slot = slot_bits(bits)
-    per_byte = 8 // slot
     row = math.prod(shape[1:])
     if tuple(int(d) for d in packed.shape) != (shape[0], packed_row_bytes(row, bits)):
         raise ValueError(f"{name}: packed shape {tuple(packed.shape)} does not hold {shape} at {bits} bits")
@@ -49,14 +47,21 @@ def decode_weight(
         r = tirx.const(0, "int32")
         for extent, idx in zip(shape[1:], rest, strict=True):
             r = r * extent + idx
-        if slot == 8:
-            index = i32(packed[o, r])
-        else:
-            byte = i32(packed[o, tirx.floordiv(r, per_byte)])
-            index = tirx.bitwise_and(tirx.shift_right(byte, tirx.floormod(r, per_byte) * slot), (1 << slot) - 1)
-        return table[o, index]
+        return table[o, packed_index(lambda byte: packed[o, byte], r, bits)]
 
     return te.compute(shape, f, name=name)
+
+
+def packed_index(load: Callable[[tirx.PrimExpr], tirx.PrimExpr], r: tirx.PrimExpr, bits: int) -> tirx.PrimExpr:
+    """int32 index number ``r`` of a packed row, ``load(byte)`` reading the row's bytes (``pack_rows``' layout).
+
+    One definition for ``decode_weight`` and for the description of the micro-kernel that decodes as it goes."""
+    slot = slot_bits(bits)
+    if slot == 8:
+        return i32(load(r))
+    per_byte = 8 // slot
+    byte = i32(load(tirx.floordiv(r, per_byte)))
+    return tirx.bitwise_and(tirx.shift_right(byte, tirx.floormod(r, per_byte) * slot), (1 << slot) - 1)
 
 
 def pack_rows(indices: np.ndarray, bits: int) -> np.ndarray:

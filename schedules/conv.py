@@ -8,7 +8,7 @@ from tvm import te, tirx
 
 from .codebook import LutEpilogue
 from .data_movement import qpad
-from .fixed_point import channel_param, clamp, dtype_of, i32, requantize
+from .fixed_point import channel_param, dtype_of, i32, requantize_output
 
 
 def conv_out_size(size: int, k: int, stride: int, dilation: int, pad_lo: int, pad_hi: int) -> int:
@@ -82,10 +82,7 @@ def qconv2d(
         return lut.apply(acc, bias, name)
 
     def fout(b, i, j, k):
-        a = acc[b, i, j, k]
-        if bias is not None:
-            a = a + bias[k]
-        r = requantize(a, channel_param(mult, k), channel_param(shift, k))
-        return clamp(r + tirx.const(int(output_zp), "int32"), act_min, act_max).astype(dtype_of(data))
+        return requantize_output(acc[b, i, j, k], None if bias is None else bias[k], channel_param(mult, k),
+                                 channel_param(shift, k), output_zp, act_min, act_max, dtype_of(data))  # fmt: skip
 
     return te.compute((n, oh, ow, o), fout, name=name)

@@ -10,6 +10,7 @@ arithmetic: host and device results stay bit-identical. Tuned schedules (MetaSch
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 from tvm import s_tir, tirx
 
@@ -18,6 +19,19 @@ from .inplace import in_slab_kernel, place_slabs, slab_mode
 from .softmax import KEEP_STAGE
 
 WEIGHT_DECODE = "weight_decode"  # the block name ``schedules.codebook.decode_weight`` gives its compute
+
+
+def device_schedule(*, simd: bool) -> Callable[[tirx.PrimFunc], tirx.PrimFunc]:
+    """The schedule of a core: conv2d/dense kernels tiled into micro-kernels (``schedules.tiled``; SIMD ones when the
+    core has the DSP extension), every other kernel (and any conv the tiles do not cover) by ``default_schedule``."""
+
+    def schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
+        from .tiled import tiled_schedule  # imports the intrinsics, which need the whole package
+
+        tiled = tiled_schedule(func, simd=simd)
+        return default_schedule(func) if tiled is None else tiled
+
+    return schedule
 
 
 def default_schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from tvm import te, tirx
 
 from .codebook import LutEpilogue
-from .fixed_point import channel_param, clamp, dtype_of, i32, requantize
+from .fixed_point import channel_param, dtype_of, i32, requantize_output
 
 
 def qdense(
@@ -46,10 +46,7 @@ def qdense(
         return lut.apply(acc, bias, name)
 
     def fout(i, j):
-        a = acc[i, j]
-        if bias is not None:
-            a = a + bias[j]
-        r = requantize(a, channel_param(mult, j), channel_param(shift, j))
-        return clamp(r + tirx.const(int(output_zp), "int32"), act_min, act_max).astype(dtype_of(data))
+        return requantize_output(acc[i, j], None if bias is None else bias[j], channel_param(mult, j),
+                                 channel_param(shift, j), output_zp, act_min, act_max, dtype_of(data))  # fmt: skip
 
     return te.compute((n, o), fout, name=name)

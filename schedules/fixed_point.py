@@ -68,37 +68,36 @@ def _i64(v: IntOrExpr) -> Expr:
     return tirx.const(v, "int64")
 
 
-def saturating_rounding_doubling_high_mul(a: IntOrExpr, b: IntOrExpr) -> Expr:
-    """gemmlowp SRDHM: ``round(a * b / 2^31)`` in int64, ties away from zero, INT32_MIN^2 saturates.
+def _u32(v: Expr) -> Expr:
+    """``v`` reinterpreted as uint32 (two's complement; C and LLVM agree)."""
+    return v if dtype_of(v) == "uint32" else v.astype("uint32")
 
-    The division is a C truncating division (``tirx.truncdiv``), not an arithmetic shift, because the
-    reference rounds negative products towards zero after the nudge. The saturation is written as
-    ``min(q, INT32_MAX)`` on the int64 quotient (q exceeds INT32_MAX only for a == b == INT32_MIN):
-    TVM's simplifier wrongly folds the reference's ``a == INT32_MIN && b == INT32_MIN`` test to false.
+
+def saturating_rounding_doubling_high_mul(a: IntOrExpr, b: IntOrExpr) -> Expr:
+    """gemmlowp SRDHM: ``round(a * b / 2^31)``, INT32_MIN^2 saturates to INT32_MAX.
+
+    The reference adds ``2^30`` (``1 - 2^30`` for a negative product) and divides truncating towards zero. For a
+    negative product ``trunc((ab + 1 - 2^30) / 2^31) == floor((ab + 2^30) / 2^31)`` (ceil(n/d) = floor((n+d-1)/d)),
+    so both signs are one arithmetic shift: ``(ab + 2^30) >> 31`` -- a 32x32->64 multiply-accumulate (``smlal``)
+    and two shifts on Cortex-M, no 64-bit division. The quotient exceeds INT32_MAX only for a == b == INT32_MIN;
+    the saturation is ``min(q, INT32_MAX)`` on the int64 quotient: TVM's simplifier assumes casts do not wrap and
+    folds any test on the wrapped int32 value (or the reference's ``a == INT32_MIN && b == INT32_MIN``) to false.
     """
     a, b = as_expr(a), as_expr(b)
     saturate = not ((isinstance(a, int) and a != INT32_MIN) or (isinstance(b, int) and b != INT32_MIN))
-
-    def body(ab: Expr) -> Expr:
-        nudge = tirx.Select(
-            ab >= tirx.const(0, "int64"),
-            tirx.const(1 << 30, "int64"),
-            tirx.const(1 - (1 << 30), "int64"),
-        )
-        q = tirx.truncdiv(ab + nudge, tirx.const(1 << 31, "int64"))
-        if saturate:
-            q = tirx.min(q, tirx.const(INT32_MAX, "int64"))
-        return q.astype("int32")
-
-    return let(_i64(a) * _i64(b), "srdhm_ab", body)
+    q = tirx.shift_right(_i64(a) * _i64(b) + tirx.const(1 << 30, "int64"), tirx.const(31, "int64"))
+    if saturate:
+        q = tirx.min(q, tirx.const(INT32_MAX, "int64"))
+    return q.astype("int32")
 
 
-def rounding_divide_by_pot(x: IntOrExpr, exponent: IntOrExpr) -> Expr:
+def rounding_divide_by_pot(x: IntOrExpr, exponent: IntOrExpr, *, bind: bool = True) -> Expr:
     """gemmlowp RDBPOT: ``x / 2^exponent`` rounded to nearest, ties away from zero; 0 <= exponent <= 31.
 
-    Computed as ``(x + ((2^e - 1 + (x >= 0)) >> 1)) >> e`` in int64, which equals the reference's
-    remainder/threshold form for every int32 x (no overflow possible in int64). The reference form
-    with a symbolic mask is mis-simplified by TVM (``x & m > (m >> 1)`` folds to false).
+    The reference's form, ``(x >> e) + (rem > threshold)`` with ``rem = x & (2^e - 1)`` and ``threshold =
+    ((2^e - 1) >> 1) + (x < 0)``, in 32 bits (a shift, an and, a compare and a conditional add on Cortex-M; the
+    per-channel mask is shared by a tile's pixels). Mask, remainder and threshold are uint32: with int32 operands
+    and a symbolic mask TVM's simplifier folds ``rem > threshold`` to false.
     """
     x = i32(x)
     exponent = as_expr(exponent)
@@ -107,29 +106,33 @@ def rounding_divide_by_pot(x: IntOrExpr, exponent: IntOrExpr) -> Expr:
             raise ValueError(f"rounding_divide_by_pot: exponent must be in 0..31, got {exponent}")
         if exponent == 0:
             return x
-        e64 = tirx.const(exponent, "int64")
-        mask = tirx.const((1 << exponent) - 1, "int64")
+        e = tirx.const(exponent, "int32")
+        mask = tirx.const((1 << exponent) - 1, "uint32")
     else:
-        e64 = _i64(exponent)
-        mask = tirx.shift_left(tirx.const(1, "int64"), e64) - tirx.const(1, "int64")
+        e = i32(exponent)
+        mask = tirx.bitwise_not(tirx.shift_left(tirx.const(0xFFFFFFFF, "uint32"), _u32(e)))
 
     def body(xv: Expr) -> Expr:
-        pos = tirx.Select(xv >= tirx.const(0, "int32"), tirx.const(1, "int64"), tirx.const(0, "int64"))
-        nudge = tirx.shift_right(mask + pos, tirx.const(1, "int64"))
-        return tirx.shift_right(_i64(xv) + nudge, e64).astype("int32")
+        one, zero = tirx.const(1, "uint32"), tirx.const(0, "uint32")
+        threshold = tirx.shift_right(mask, one) + tirx.Select(xv < tirx.const(0, "int32"), one, zero)
+        up = tirx.Select(tirx.bitwise_and(_u32(xv), mask) > threshold, tirx.const(1, "int32"), tirx.const(0, "int32"))
+        return tirx.shift_right(xv, e) + up
 
-    return let(x, "rdbpot_x", body)
+    return let(x, "rdbpot_x", body) if bind else body(x)
 
 
 def _wrapping_shift_left(x: Expr, left: IntOrExpr) -> Expr:
-    """``x * (1 << left)`` with two's-complement wrap-around (done in int64: no signed-overflow UB)."""
+    """``x * (1 << left)`` with two's-complement wrap-around (done in int64: no signed-overflow UB).
+
+    Not in uint32: TVM's analyser assumes a uint32 -> int32 cast does not wrap (so the result would be >= 0) and
+    folds later tests on it, e.g. SRDHM's saturation."""
     return tirx.shift_left(_i64(x), _i64(left)).astype("int32")
 
 
-def multiply_by_quantized_multiplier(x: IntOrExpr, mult: IntOrExpr, shift: IntOrExpr) -> Expr:
+def multiply_by_quantized_multiplier(x: IntOrExpr, mult: IntOrExpr, shift: IntOrExpr, *, bind: bool = True) -> Expr:
     """TFLite ``MultiplyByQuantizedMultiplier``: ``x * mult * 2^(shift - 31)``, double rounding.
 
-    ``shift`` is the signed exponent from ``QuantizeMultiplier`` (positive = left shift).
+    ``shift`` is the signed exponent from ``QuantizeMultiplier`` (positive = left shift, at most 31).
     """
     x = i32(x)
     mult, shift = as_expr(mult), as_expr(shift)
@@ -137,15 +140,16 @@ def multiply_by_quantized_multiplier(x: IntOrExpr, mult: IntOrExpr, shift: IntOr
         left, right = max(shift, 0), max(-shift, 0)
         if left:
             x = _wrapping_shift_left(x, left)
-        return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(x, mult), right)
+        return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(x, mult), right, bind=bind)
     s = i32(shift)
     zero = tirx.const(0, "int32")
     left = tirx.max(s, zero)
     right = tirx.max(zero - s, zero)
-    return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(_wrapping_shift_left(x, left), mult), right)
+    return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(_wrapping_shift_left(x, left), mult), right,
+                                  bind=bind)  # fmt: skip
 
 
-def pow2_requantize(x: IntOrExpr, shift: IntOrExpr) -> Expr:
+def pow2_requantize(x: IntOrExpr, shift: IntOrExpr, *, bind: bool = True) -> Expr:
     """Power-of-two requantization ``x * 2^shift``: a rounding right shift (RDBPOT) or a plain left shift.
 
     No multiply; used when every scale ratio is an exact power of two (``pow2=True`` / ``mult=None``).
@@ -155,26 +159,51 @@ def pow2_requantize(x: IntOrExpr, shift: IntOrExpr) -> Expr:
     if isinstance(shift, int):
         if shift >= 0:
             return _wrapping_shift_left(x, shift) if shift else x
-        return rounding_divide_by_pot(x, -shift)
+        return rounding_divide_by_pot(x, -shift, bind=bind)
     s = i32(shift)
     zero = tirx.const(0, "int32")
-    down = rounding_divide_by_pot(x, tirx.min(tirx.max(zero - s, zero), tirx.const(31, "int32")))
+    down = rounding_divide_by_pot(x, tirx.min(tirx.max(zero - s, zero), tirx.const(31, "int32")), bind=bind)
     up = _wrapping_shift_left(x, tirx.max(s, zero))
     return tirx.Select(s >= zero, up, down)
 
 
-def requantize(x: IntOrExpr, mult: IntOrExpr | None, shift: IntOrExpr) -> Expr:
-    """MBQM with a multiplier, or the power-of-two shift when ``mult`` is None."""
+def requantize(x: IntOrExpr, mult: IntOrExpr | None, shift: IntOrExpr, *, bind: bool = True) -> Expr:
+    """MBQM with a multiplier, or the power-of-two shift when ``mult`` is None.
+
+    ``bind=False`` repeats a reused intermediate instead of binding it with a ``Let`` (which tensorization cannot
+    match); fine for one requantization, exponential for nested ones (``qadd``)."""
     if mult is None:
-        return pow2_requantize(x, shift)
-    return multiply_by_quantized_multiplier(x, mult, shift)
+        return pow2_requantize(x, shift, bind=bind)
+    return multiply_by_quantized_multiplier(x, mult, shift, bind=bind)
+
+
+def requantize_output(
+    acc: IntOrExpr, bias: IntOrExpr | None, mult: IntOrExpr | None, shift: IntOrExpr, output_zp: int, act_min: int,
+    act_max: int, dtype: str,
+) -> Expr:  # fmt: skip
+    """The conv/dense epilogue, TFLM's: ``clamp(requantize(acc + bias) + output_zp, act_min, act_max)`` in ``dtype``.
+
+    One definition for the TE computes and for the description of the micro-kernels that implement it (without
+    ``Let`` bindings, which tensorization cannot match; the C compilers share the repeated term)."""
+    a = i32(acc) if bias is None else i32(acc) + as_expr(bias)
+    r = requantize(a, mult, shift, bind=False)
+    return clamp(r + tirx.const(int(output_zp), "int32"), act_min, act_max).astype(dtype)
 
 
 def clamp(x: Expr, lo: IntOrExpr, hi: IntOrExpr) -> Expr:
-    """``min(max(x, lo), hi)`` in x's dtype."""
+    """``min(max(x, lo), hi)`` in x's dtype.
+
+    An int32 clamped into the int8 range by constant bounds saturates to [-128, 127] first (the same value):
+    gcc turns that pair into one ``ssat`` and needs no branch, and the bounds that remain are at most one
+    compare each."""
     lo, hi = as_expr(lo), as_expr(hi)
     x = as_expr(x)
     dt = dtype_of(x)
+    if dt == "int32" and isinstance(lo, int) and isinstance(hi, int) and -128 <= lo <= hi <= 127:
+        x = tirx.min(tirx.max(x, tirx.const(-128, dt)), tirx.const(127, dt))
+        if lo > -128:
+            x = tirx.max(x, tirx.const(lo, dt))
+        return tirx.min(x, tirx.const(hi, dt)) if hi < 127 else x
     lo_e = lo if isinstance(lo, Expr) else tirx.const(lo, dt)
     hi_e = hi if isinstance(hi, Expr) else tirx.const(hi, dt)
     return tirx.min(tirx.max(x, lo_e), hi_e)

@@ -32,6 +32,15 @@ from .inplace import ELEMENT, check_inplace, slab_name, write_slab
 from .pool import qavg_pool2d, qmax_pool2d, qmean
 from .softmax import qsoftmax, qsoftmax_tflm
 
+# PrimFunc attribute of conv2d/dense kernels: their geometry and input zero point, which device schedules need to
+# pick and check micro-kernels (``schedules.tiled``); the arithmetic itself is all in the TIR.
+GEOMETRY = "tvmq.geometry"
+
+
+def _epilogue_info(has_bias: bool, pow2: bool, output_zp: int, act_min: int, act_max: int) -> dict:
+    return {"bias": bool(has_bias), "pow2": bool(pow2), "output_zp": int(output_zp), "act_min": int(act_min),
+            "act_max": int(act_max)}  # fmt: skip
+
 
 def _prim_func(args: Sequence[te.Tensor]) -> tirx.PrimFunc:
     return te.create_prim_func(list(args)).without_attr("global_symbol")
@@ -166,7 +175,10 @@ def qconv2d_primfunc(
         extra.append(res)
     if inplace is not None:
         out = write_slab(out, "qconv2d_out")
-    return _prim_func([*data_args, *weight_args, *epilogue_args, *extra, out])
+    geometry = {"op": "conv2d", "strides": [int(v) for v in strides], "padding": [int(v) for v in padding],
+                "dilation": [int(v) for v in dilation], "groups": int(groups), "input_zp": int(input_zp),
+                **_epilogue_info(has_bias, pow2, output_zp, act_min, act_max)}  # fmt: skip
+    return _prim_func([*data_args, *weight_args, *epilogue_args, *extra, out]).with_attr(GEOMETRY, geometry)
 
 
 def qdense_primfunc(
@@ -205,7 +217,8 @@ def qdense_primfunc(
         act_max=act_max,
         lut=lut,
     )
-    return _prim_func([*data_args, *weight_args, *epilogue_args, out])
+    geometry = {"op": "dense", "input_zp": int(input_zp), **_epilogue_info(has_bias, pow2, output_zp, act_min, act_max)}
+    return _prim_func([*data_args, *weight_args, *epilogue_args, out]).with_attr(GEOMETRY, geometry)
 
 
 def qadd_primfunc(

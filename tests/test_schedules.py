@@ -318,7 +318,9 @@ def test_fixed_point_tir_matches_reference():
             ex["main"](*(tvm.runtime.tensor(a) for a in (xv, mv, sv)), *res)
             per_backend.append([r.numpy().astype(np.int64) for r in res])
         for other in per_backend[1:]:
-            for r0, r1 in zip(per_backend[0], other, strict=True):
+            for k, (r0, r1) in enumerate(zip(per_backend[0], other, strict=True)):
+                if k == 1 and (sv < 0).any():
+                    continue  # RDBPOT of a negative exponent (outside 0..31) is undefined: shifts by < 0
                 np.testing.assert_array_equal(r1, r0, err_msg="C backend and LLVM disagree")
         return per_backend[0]
 

@@ -15,12 +15,15 @@ from collections.abc import Mapping
 import tvm
 from tvm import ir, s_tir, tirx
 
-from ..schedules.default import default_schedule
+from ..schedules.default import default_schedule, device_schedule
+from ..schedules.microkernels import runtime_c
+from ..schedules.tiled import tiled_schedule
 from ..target import MicroTarget
 
 PIPELINE = "tvmq_c"
 
-RUNTIME_HEADER = """\
+RUNTIME_HEADER = (
+    """\
 /* tvmq_runtime.h: the only header tvmq's generated C needs. No TVM runtime, no malloc. */
 #ifndef TVMQ_RUNTIME_H_
 #define TVMQ_RUNTIME_H_
@@ -30,19 +33,25 @@ RUNTIME_HEADER = """\
 #include <math.h>
 
 #define TVMQ_ALIGNED(n) __attribute__((aligned(n)))
-#define TVMQ_WEIGHTS __attribute__((aligned(16), section(".rodata.tvmq_weights")))
-/* Kernels stay functions (noinline): each step is one call, timed exactly, and gcc allocates registers better
-   than in one large run function (digits 5.94M -> 5.03M instructions; basicmotions 1.15M -> 1.30M, the one
-   loss). noclone: gcc 12's constant-propagating clones of a kernel (specialised to its weight arrays) computed
-   wrong outputs for codebook convolutions on Cortex-M4 (tests/test_weight_codebooks.py, basicmotions).
-   A build may define it empty to compare. */
+/* used: the arrays stay whole in flash even where gcc folds a small layer's constants into its kernel */
+#define TVMQ_WEIGHTS __attribute__((used, aligned(16), section(".rodata.tvmq_weights")))
+/* Kernels stay functions: inlined into one large run function, gcc allocates registers worse (4-21% more
+   instructions on the zoo models, bench/kernels.py). A build may define it empty to compare. No scheduling before
+   register allocation: hoisting the micro-kernels' loads early needs more registers than a Cortex-M has and spills
+   (3-15% more instructions on bench/kernels.py's layers); an in-order M0-M33 hides little load latency anyway.
+   noclone: gcc 12's constant-propagating clones of a kernel (specialised to its weight arrays) computed wrong
+   outputs for codebook convolutions on Cortex-M4 (tests/test_weight_codebooks.py, basicmotions). */
 #ifndef TVMQ_KERNEL
-#define TVMQ_KERNEL __attribute__((noinline, noclone))
+#define TVMQ_KERNEL __attribute__((noinline, noclone, optimize("no-schedule-insns")))
 #endif
 #define TVMQ_ARENA __attribute__((aligned(16), section(".bss.tvmq_arena")))
 
+"""
+    + runtime_c()
+    + """
 #endif /* TVMQ_RUNTIME_H_ */
 """
+)
 
 
 def _lowering_pipeline():
@@ -126,26 +135,41 @@ def emit_kernels(
     funcs: Mapping[str, tirx.PrimFunc],
     target: MicroTarget,
     *,
-    schedule=default_schedule,
+    schedule=None,
     out_strides: Mapping[str, tuple[int, ...]] | None = None,
 ) -> str:
     """C source defining one ``static`` function per PrimFunc, named by the mapping's keys, in order.
 
-    ``schedule`` maps a PrimFunc to a scheduled PrimFunc (the default, or a tuned one) and must not change its
-    arithmetic. ``out_strides``: kernels writing a slice of a larger tensor (``strided_output``). The text assumes
-    ``tvmq_runtime.h`` is included before it.
+    ``schedule`` maps a PrimFunc to a scheduled PrimFunc (a tuned one; None: the core's ``device_schedule``) and must
+    not change its arithmetic. ``out_strides``: kernels writing a slice of a larger tensor (``strided_output``). The
+    text assumes ``tvmq_runtime.h`` is included before it.
     """
     out_strides = out_strides or {}
+    simd = target.core.has_dsp
 
     def lower(name: str, func: tirx.PrimFunc) -> tirx.PrimFunc:
-        func = schedule(func)
-        if name in out_strides:
-            func = strided_output(func, out_strides[name])
+        strides = out_strides.get(name)
+        if strides is None:
+            func = (schedule or device_schedule(simd=simd))(func)
+        elif schedule is not None:
+            try:  # a tuned schedule that tensorized its output writer cannot take the strided layout afterwards
+                func = strided_output(schedule(func), strides)
+            except (s_tir.ScheduleError, RuntimeError):
+                func = _strided_device_schedule(func, strides, simd)
+        else:
+            func = _strided_device_schedule(func, strides, simd)
         return with_pointer_params(func).with_attr("global_symbol", name)
 
     mod = tvm.IRModule({name: lower(name, f) for name, f in funcs.items()})
     lib = tvm.tirx.build(mod, target=target.tvm_target, pipeline=PIPELINE)
     return _strip_tvm_preamble(lib.inspect_source(), list(funcs))
+
+
+def _strided_device_schedule(func: tirx.PrimFunc, strides: tuple[int, ...], simd: bool) -> tirx.PrimFunc:
+    """The device schedule of a kernel writing a slice: the micro-kernel tiles take the strided output as it is
+    (their tensorized output writer would refuse the layout change); other kernels get it after their schedule."""
+    tiled = tiled_schedule(strided_output(func, strides), simd=simd)
+    return tiled if tiled is not None else strided_output(default_schedule(func), strides)
 
 
 _EXTERN_C = '#ifdef __cplusplus\nextern "C"\n#endif\n'
