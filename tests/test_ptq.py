@@ -17,7 +17,7 @@ from tvmq.ptq.bias_correction import output_shift
 from tvmq.ptq.capture import float_pass, plan_of, quant_capture
 from tvmq.ptq.cle import pre_activation
 from tvmq.ptq.layerwise import build_problem, im2col
-from tvmq.ptq.registry import options_for
+from tvmq.ptq.registry import options_for, resolve
 
 FAST = {"adaround": {"iters": 300}, "adaquant": {"iters": 200}}
 
@@ -89,7 +89,7 @@ def _step(state: PTQState, name: str, **fields) -> PTQState:
     """One registered step on ``state`` (whose cached float statistics and capture module it reuses)."""
     config = state.config.replace(ptq=[name], **fields)
     state = state.replace(config=config)
-    return REGISTRY[name].run(state, options_for(name, config.ptq_options))
+    return REGISTRY[resolve(name)[0]].run(state, options_for(name, config.ptq_options))
 
 
 @pytest.fixture(scope="module")
@@ -134,8 +134,8 @@ def test_objective_is_the_direct_output_error(relu_w3a4: PTQState) -> None:
 
 
 def test_algorithms_are_registered_in_pipeline_order() -> None:
-    assert known() == ["cle", "minmax_init", "mse_init", "percentile_init", "adaquant", "adaround", "gptq",
-                       "bias_correction"]  # fmt: skip
+    assert known() == ["cle", "minmax_init", "mse_init", "percentile_init", "adaquant", "adaround", "bitsplit", "gptq",
+                       "lsq", "bias_correction", "bias_tuning"]  # fmt: skip
 
 
 # -- cle ----------------------------------------------------------------------------------------------------------

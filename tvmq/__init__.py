@@ -3,6 +3,8 @@
 Pipeline: ``from_onnx``/``from_tflite`` (float Relax) -> ``quantize`` (normalise, calibrate, realise integer ops)
 -> ``QuantizedModel`` (host execution, simulation, summary) -> ``build`` (standalone C for a Cortex-M core)
 -> ``tvmq.qemu.run`` (= ``tvmq.device.run``: bit-exact check and instruction counts on QEMU boards).
+``QuantConfig(ptq=[...])`` adds post-training quantization (``tvmq.ptq``); ``mixed_precision`` picks per-layer bits
+under a flash, arena or BOPs budget.
 """
 
 from . import device, examples
@@ -22,6 +24,7 @@ from .errors import (
     UnsupportedOpError,
 )
 from .frontends import from_onnx, from_tflite, load_model
+from .ptq.mixed import mixed_precision
 from .quant.model import QuantizedModel
 from .quant.prequantized import load_quantized
 from .quant.quantize import quantize
@@ -48,6 +51,7 @@ __all__ = [
     "from_onnx",
     "from_tflite",
     "load_model",
+    "mixed_precision",
     "qemu",
     "quantize",
     "load_quantized",

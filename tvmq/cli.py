@@ -113,7 +113,8 @@ def _config(args: argparse.Namespace) -> QuantConfig:
         weight_bits=args.weight_bits, act_bits=args.act_bits, weight_observer=args.weight_observer,
         act_observer=args.act_observer, per_channel=not args.per_tensor, pow2_scales=args.pow2,
         weight_scheme=args.weight_scheme, act_scheme=args.act_scheme, codebook_mode=args.codebook_mode,
-        quantile_center=args.quantile_center, ptq=_ptq_list(args.ptq), ptq_options=_ptq_options(args.ptq_option),
+        quantile_center=args.quantile_center, act_symmetric=args.act_symmetric,
+        pack_activations=args.pack_activations, ptq=_ptq_list(args.ptq), ptq_options=_ptq_options(args.ptq_option),
         ptq_seed=args.ptq_seed,
     )  # fmt: skip
 
@@ -149,13 +150,22 @@ def _option_value(text: str) -> Any:
 def _load(args: argparse.Namespace) -> Any:
     """Calibrate and quantize a float model, or, without --calib, take a pre-quantized model as it is."""
     if args.calib is None:
-        if args.ptq:
-            raise ConfigError(f"{args.model}: --ptq runs on a float model with calibration data; give --calib")
+        if args.ptq or args.budget:
+            flag = "--ptq" if args.ptq else "--budget"
+            raise ConfigError(f"{args.model}: {flag} runs on a float model with calibration data; give --calib")
         if not _is_prequantized(args.model):
             raise ConfigError(f"{args.model}: --calib is required to quantize a float model; only full-integer "
                               "int8 .tflite and QDQ/QOperator .onnx models are taken without it")  # fmt: skip
         return load_quantized(args.model)
-    return quantize(args.model, args.calib, _config(args))
+    config = _config(args)
+    if args.budget:
+        from .ptq.mixed import search
+
+        _status(f"mixed precision under {args.budget}")
+        result = search(args.model, args.calib, args.budget, config)
+        _status(result.table())
+        config = result.config
+    return quantize(args.model, args.calib, config)
 
 
 def _is_prequantized(model: str) -> bool:
@@ -237,6 +247,9 @@ def _add_quant_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--act-observer", choices=OBSERVERS, default="minmax")
     p.add_argument("--per-tensor", action="store_true", help="per-tensor instead of per-channel weight scales")
     p.add_argument("--pow2", action="store_true", help="power-of-two scales (shift-only requantization)")
+    p.add_argument("--act-symmetric", action="store_true", help="symmetric activations (zero point 0)")
+    p.add_argument("--pack-activations", action="store_true",
+                   help="store uniform activations of at most 4 bits packed in the arena (LUT-requantize)")  # fmt: skip
     p.add_argument("--weight-scheme", choices=WEIGHT_SCHEMES, default="uniform",
                    help="weight levels: uniform grid or a codebook (quantile, kmeans, pow2, apot)")  # fmt: skip
     p.add_argument(
@@ -259,6 +272,9 @@ def _add_quant_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ptq-option", action="append", metavar="ALG.OPTION=VALUE",
                    help="an option of a --ptq step, e.g. adaround.iters=2000 (repeatable)")  # fmt: skip
     p.add_argument("--ptq-seed", type=int, default=0, help="seed of the --ptq steps' random choices")
+    p.add_argument("--budget", metavar="METRIC=VALUE",
+                   help="mixed precision: per-layer bits under a budget, flash=24KB, arena=2KB or bops=1.5M "
+                        "(tvmq.mixed_precision; the other options give the starting config)")  # fmt: skip
 
 
 def _boards() -> list[str]:

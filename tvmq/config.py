@@ -32,6 +32,7 @@ LAYER_FIELDS = (
     "act_scheme",
     "codebook_mode",
     "quantile_center",
+    "act_symmetric",
 )
 
 
@@ -49,6 +50,7 @@ class LayerQuantConfig:
     act_scheme: str
     codebook_mode: str
     quantile_center: str
+    act_symmetric: bool = False
 
 
 @dataclass
@@ -74,6 +76,11 @@ class QuantConfig:
     LUT-requantize and the tensor is stored as packed codes (``act_bits`` <= 4) that the next layer decodes.
     Other ops keep uniform outputs; an explicit per-layer act_scheme on them is refused.
 
+    ``act_symmetric`` makes activations symmetric (zero point 0) instead of asymmetric. ``pack_activations``
+    stores uniform activations of at most 4 bits packed in the arena like codebook codes: a conv/dense output
+    becomes a codebook of its own uniform levels (LUT-requantize to the nearest level, packed codes the next layer
+    decodes), so the arena shrinks with the bits as it does for codebook schemes.
+
     ``ptq`` lists post-training quantization algorithms run in order before the integer weights are fixed
     (``tvmq.ptq``: e.g. ``["cle", "mse_init", "adaround", "bias_correction"]``); ``ptq_options`` sets their
     options (``{"adaround": {"iters": 2000}}``) and ``ptq_seed`` their random choices.
@@ -89,7 +96,9 @@ class QuantConfig:
     act_scheme: str = "uniform"
     codebook_mode: str = "per_channel"
     quantile_center: str = "mean"
+    act_symmetric: bool = False
     pow2_scales: bool = False
+    pack_activations: bool = False
     max_calibration_samples: int = 1024
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     ptq: list[str] = field(default_factory=list)
@@ -102,8 +111,9 @@ class QuantConfig:
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid field."""
         _check_layer_fields({f: getattr(self, f) for f in LAYER_FIELDS}, where="QuantConfig")
-        if not isinstance(self.pow2_scales, bool):
-            raise ConfigError(f"QuantConfig.pow2_scales must be True or False, got {self.pow2_scales!r}")
+        for flag in ("pow2_scales", "pack_activations"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(f"QuantConfig.{flag} must be True or False, got {getattr(self, flag)!r}")
         if not isinstance(self.max_calibration_samples, int) or self.max_calibration_samples < 1:
             raise ConfigError(
                 f"QuantConfig.max_calibration_samples must be a positive int, got {self.max_calibration_samples!r}"
@@ -160,8 +170,9 @@ def _check_layer_fields(fields: dict[str, Any], where: str) -> None:
                           ("codebook_mode", CODEBOOK_MODES), ("quantile_center", QUANTILE_CENTERS)):  # fmt: skip
         if name in fields and fields[name] not in allowed:
             raise ConfigError(f"{where}.{name} must be one of {list(allowed)}, got {fields[name]!r}")
-    if "per_channel" in fields and not isinstance(fields["per_channel"], bool):
-        raise ConfigError(f"{where}.per_channel must be True or False, got {fields['per_channel']!r}")
+    for flag in ("per_channel", "act_symmetric"):
+        if flag in fields and not isinstance(fields[flag], bool):
+            raise ConfigError(f"{where}.{flag} must be True or False, got {fields[flag]!r}")
     if "percentile" in fields:
         p = fields["percentile"]
         if isinstance(p, bool) or not isinstance(p, int | float) or not 50.0 < float(p) <= 100.0:

@@ -77,12 +77,13 @@ class _Memo:
 
 
 class QuantCapture:
-    """The fake-quant model (activation qparams of ``state.config``) returning every conv/dense layer's input."""
+    """The fake-quant model (activation qparams of ``state.config``, and those a step learned) returning every
+    layer's inputs."""
 
     def __init__(self, state: PTQState, observers: dict) -> None:
         self.layers = state.weighted
-        self.inputs = [layer.inputs[0] for layer in self.layers]
-        plan = make_plan(state.layers, state.input_var, observers, state.config)
+        self.inputs = _unique([v for layer in state.layers for v in layer.inputs])
+        plan = make_plan(state.layers, state.input_var, state.observers(observers), state.config)
         fake = InsertFakeQuant(state.layers, plan)(probe(state.float_mod, self.inputs))
         module = parametrize_weights(fake, state.layers)
         self._shapes = [tuple(int(d) for d in p.ty.shape) for p in module["main"].params[1:]]
@@ -90,6 +91,11 @@ class QuantCapture:
 
     def run(self, plan: QuantPlan, samples: np.ndarray, progress: bool = False) -> dict[str, np.ndarray]:
         """Inputs of each conv/dense layer (by layer name) in the model quantized as ``plan`` says."""
+        values = self.run_tensors(plan, samples, progress)
+        return {layer.name: values[layer.inputs[0]] for layer in self.layers}
+
+    def run_tensors(self, plan: QuantPlan, samples: np.ndarray, progress: bool = False) -> dict:
+        """Every layer input (by var) in the model quantized as ``plan`` says."""
         by_name = {lp.name: lp for lp in plan.layers}
         params = []
         for layer in self.layers:
@@ -99,12 +105,12 @@ class QuantCapture:
             if layer.bias is not None:
                 params.append(lp.dequantized_bias())
         params = [p.reshape(s).astype(np.float32) for p, s in zip(params, self._shapes, strict=True)]
-        out: dict[str, list] = {layer.name: [] for layer in self.layers}
+        out: dict = {var: [] for var in self.inputs}
         for sample in tqdm(samples, desc="ptq: quantized model", unit="sample", disable=not progress, leave=False):
             results = self._runner.run("main", sample[None], *params)
-            for layer, value in zip(self.layers, results[1:], strict=True):
-                out[layer.name].append(value[0])
-        return {name: np.stack(v) for name, v in out.items()}
+            for var, value in zip(self.inputs, results[1:], strict=True):
+                out[var].append(value[0])
+        return {var: np.stack(v) for var, v in out.items()}
 
 
 def quant_capture(state: PTQState) -> tuple[PTQState, QuantCapture]:
@@ -119,7 +125,9 @@ def quant_capture(state: PTQState) -> tuple[PTQState, QuantCapture]:
 
 def plan_of(state: PTQState, observers: dict) -> QuantPlan:
     """The plan of the state as it is: its layers' float biases, its integer weights, round-to-nearest elsewhere."""
-    return make_plan(state.layers, state.input_var, observers, state.config, rounded_weights=state.rounded)
+    return make_plan(
+        state.layers, state.input_var, state.observers(observers), state.config, rounded_weights=state.rounded
+    )
 
 
 def _unique(vars_: list) -> list:

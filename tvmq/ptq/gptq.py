@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 from tqdm.auto import tqdm
 
-from .layerwise import LayerProblem, check_uniform, min_samples_layerwise, reconstruct
+from .blockwise import reconstruct
+from .layerwise import LayerProblem, check_uniform, min_samples_layerwise
 from .registry import OPTIMIZE, register
 from .state import PTQState
 
@@ -24,7 +25,7 @@ BOUNDS = {"damp": (0.0, 10.0), "max_rows": (1, 1e9)}
 @register("gptq", OPTIMIZE, OPTIONS, BOUNDS, min_samples_layerwise, check_uniform)
 def gptq(state: PTQState, options: dict) -> PTQState:
     """Hessian-based one-shot rounding with error feedback, layer by layer."""
-    return reconstruct(state, "gptq", solve, options)
+    return reconstruct(state, "gptq", solve, None, options)
 
 
 def solve(problem: LayerProblem, rtn: np.ndarray, options: dict, progress: bool) -> np.ndarray:

@@ -12,18 +12,14 @@ from __future__ import annotations
 
 import itertools
 import math
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import ConfigError
 from ..quant.fixed_point import round_half_away
-from ..quant.qparams import quantize_weights, weight_qmax
+from ..quant.qparams import weight_qmax
 from ..relay_passes.layers import Layer
-from .capture import float_pass, plan_of, quant_capture
-from .state import PTQState
 
 MAX_ROWS = 1 << 16  # default cap on im2col rows per layer (a seeded random subset beyond it)
 GRAM_CHUNK = 8192  # rows per matmul when accumulating the second moments
@@ -162,14 +158,20 @@ def check_uniform(step: str, layers: list[Layer], config) -> None:
 
 
 def build_problem(layer: Layer, x: np.ndarray, xq: np.ndarray, scales: np.ndarray, bits: int, max_rows: int,
-                  rng: np.random.Generator) -> LayerProblem:  # fmt: skip
+                  rng: np.random.Generator, qdrop: float = 0.0) -> LayerProblem:  # fmt: skip
     """Second moments of the float and quantized inputs of ``layer`` (paired rows, a seeded subset past
-    ``max_rows``)."""
+    ``max_rows``). ``qdrop`` > 0: the expected objective when each input element independently keeps its float
+    value with that probability (QDrop): with ``y = p x + (1 - p) x~``, ``E[d d^T] = E[y y^T] + diag(p (1 - p)
+    E[(x - x~)^2])`` and ``E[x d^T] = E[x y^T]`` (the elements of one im2col row are distinct, hence independent)."""
     cols, qcols = im2col(x.astype(np.float32), layer), im2col(xq.astype(np.float32), layer)
     rows = cols.shape[1]
     if rows > max_rows:
         keep = np.sort(rng.choice(rows, max_rows, replace=False))
         cols, qcols, rows = cols[:, keep], qcols[:, keep], max_rows
+    drop_var = None
+    if qdrop > 0.0:
+        drop_var = qdrop * (1.0 - qdrop) * np.mean((cols.astype(np.float64) - qcols) ** 2, axis=1)  # (G, K)
+        qcols = qdrop * cols + (1.0 - qdrop) * qcols
     groups, k = cols.shape[0], cols.shape[2]
     hqq, hfq, hff = (np.zeros((groups, k, k)) for _ in range(3))
     for start in range(0, rows, GRAM_CHUNK):
@@ -179,37 +181,11 @@ def build_problem(layer: Layer, x: np.ndarray, xq: np.ndarray, scales: np.ndarra
         hfq += c.transpose(0, 2, 1) @ q
         hff += c.transpose(0, 2, 1) @ c
     hqq, hfq, hff = hqq / rows, hfq / rows, hff / rows
+    if drop_var is not None:
+        for g in range(groups):
+            hqq[g][np.diag_indices_from(hqq[g])] += drop_var[g]
     weight = layer.weight.reshape(layer.weight.shape[0], -1).astype(np.float64)
     f = weight.reshape(groups, -1, k)
     const = float(np.einsum("gok,gkl,gol->", f, hff, f))
     return LayerProblem(layer.name, weight, scales.astype(np.float64), Grid.of(bits), groups, hqq, hfq,
                         reference=const / weight.shape[0], const=const, rows=rows)  # fmt: skip
-
-
-Solver = Callable[[LayerProblem, np.ndarray, dict, bool], np.ndarray]
-
-
-def reconstruct(state: PTQState, step: str, solve: Solver, options: dict) -> PTQState:
-    """Choose every conv/dense layer's integer weights in execution order with ``solve(problem, rtn_codes, options,
-    progress) -> codes``; each layer's inputs come from the model with the layers before it already chosen."""
-    check_uniform(step, state.layers, state.config)
-    state, stats = float_pass(state)
-    state, capture = quant_capture(state)
-    rounded = dict(state.rounded)
-    report = {}
-    for layer in state.weighted:
-        cfg = state.config.for_layer(layer.name)
-        start = time.perf_counter()
-        plan = plan_of(state.replace(rounded=rounded), stats.observers)
-        xq = capture.run(plan, state.samples, state.progress)[layer.name]
-        codes_rtn, scales = quantize_weights(layer.weight, cfg.weight_bits, cfg.per_channel, cfg.weight_observer,
-                                             cfg.percentile, state.config.pow2_scales)  # fmt: skip
-        problem = build_problem(layer, stats.values[layer.inputs[0]], xq, scales, cfg.weight_bits,
-                                int(options.get("max_rows", MAX_ROWS)), state.rng(f"{step}:{layer.name}"))  # fmt: skip
-        flat_rtn = codes_rtn.reshape(len(codes_rtn), -1)
-        codes = solve(problem, flat_rtn, options, state.progress)
-        rtn_loss, loss = problem.code_loss(flat_rtn), problem.code_loss(codes)
-        rounded[layer.name] = (codes.reshape(layer.weight.shape).astype(np.int8), scales)
-        report[layer.name] = {"rtn_loss": rtn_loss, "loss": loss, "reference": problem.reference,
-                              "rows": problem.rows, "seconds": round(time.perf_counter() - start, 3)}  # fmt: skip
-    return state.replace(rounded=rounded, report={**state.report, step: report})

@@ -11,7 +11,7 @@ from threadpoolctl import threadpool_limits
 from ..config import QuantConfig
 from ..errors import CalibrationDataError
 from ..relay_passes.layers import Layer
-from .registry import REGISTRY, options_for
+from .registry import REGISTRY, options_for, resolve
 from .state import PTQState
 
 
@@ -20,30 +20,31 @@ def run_pipeline(float_mod: tvm.IRModule, layers: list[Layer], samples: np.ndarr
     """Apply ``config.ptq``; the result's ``float_mod``, ``layers``, ``config`` and ``rounded`` go to ``make_plan``
     (``report`` holds what each step did and ``report['seconds']`` its time)."""
     config.validate()
-    for name in config.ptq:
+    for entry in config.ptq:
+        name = resolve(entry)[0]
         if REGISTRY[name].check is not None:
-            REGISTRY[name].check(name, layers, config)
+            REGISTRY[name].check(entry, layers, config)
     check_samples(config, layers, len(samples))
     state = PTQState(float_mod=float_mod, layers=layers, config=config, samples=samples, progress=progress)
     seconds = {}
     with threadpool_limits(limits=1, user_api="blas"):  # K x K products: threads cost more than they bring
-        for name in config.ptq:
+        for entry in config.ptq:
             start = time.perf_counter()
-            state = REGISTRY[name].run(state, options_for(name, config.ptq_options))
-            seconds[name] = round(time.perf_counter() - start, 3)
+            state = REGISTRY[resolve(entry)[0]].run(state, options_for(entry, config.ptq_options))
+            seconds[entry] = round(time.perf_counter() - start, 3)
     return state.replace(report={**state.report, "seconds": seconds})
 
 
 def check_samples(config: QuantConfig, layers: list[Layer], count: int) -> None:
     """Refuse a calibration set smaller than a step of the pipeline needs, saying how many and why."""
-    for name in config.ptq:
-        algorithm = REGISTRY[name]
+    for entry in config.ptq:
+        algorithm = REGISTRY[resolve(entry)[0]]
         if algorithm.min_samples is None:
             continue
-        need, why = algorithm.min_samples(layers, config, options_for(name, config.ptq_options))
+        need, why = algorithm.min_samples(layers, config, options_for(entry, config.ptq_options))
         if count < need:
             raise CalibrationDataError(
-                f"ptq algorithm {name!r} needs at least {need} calibration samples ({why}); got {count}"
+                f"ptq algorithm {entry!r} needs at least {need} calibration samples ({why}); got {count}"
                 + (f" (QuantConfig.max_calibration_samples={config.max_calibration_samples})"
                    if count == config.max_calibration_samples else "")
             )  # fmt: skip

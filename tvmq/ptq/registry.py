@@ -37,6 +37,32 @@ class Algorithm:
 
 
 REGISTRY: dict[str, Algorithm] = {}
+# The seed study's names for its optimisation variables (section 3.2), accepted wherever a name is.
+ALIASES = {"opt_round": "adaround", "opt_weights": "adaquant", "opt_qparam": "lsq", "opt_bits": "bitsplit"}
+# ``name:granularity`` in a pipeline list sets the algorithm's ``granularity`` option.
+GRANULARITIES = ("layer", "block")
+
+
+def resolve(entry: str) -> tuple[str, dict[str, Any]]:
+    """``"adaround:block"`` -> ``("adaround", {"granularity": "block"})``; aliases to their algorithm. Raises
+    ConfigError for an unknown name or granularity, or a granularity the algorithm does not have."""
+    if not isinstance(entry, str):
+        raise ConfigError(f"QuantConfig.ptq: algorithm names are strings, got {entry!r}")
+    base, sep, granularity = entry.partition(":")
+    name = ALIASES.get(base, base)
+    if name not in REGISTRY:
+        aliases = ", ".join(f"{a} (= {n})" for a, n in ALIASES.items())
+        raise ConfigError(f"QuantConfig.ptq: unknown algorithm {base!r}; known algorithms: {', '.join(known())}; "
+                          f"aliases: {aliases}")  # fmt: skip
+    if not sep:
+        return name, {}
+    if granularity not in GRANULARITIES:
+        raise ConfigError(f"QuantConfig.ptq: {entry!r}: granularity must be one of {list(GRANULARITIES)}")
+    if "granularity" not in REGISTRY[name].options:
+        raise ConfigError(f"QuantConfig.ptq: {entry!r}: {name} has no block-wise form "
+                          f"({REGISTRY[name].run.__doc__.strip().splitlines()[0].rstrip('.')}); "
+                          "block-wise reconstruction: adaround, adaquant, lsq")  # fmt: skip
+    return name, {"granularity": granularity}
 
 
 def register(name: str, stage: int, options: dict[str, Any] | None = None,
@@ -63,23 +89,21 @@ def check_pipeline(ptq: Any, options: Any) -> None:
     if isinstance(ptq, str) or not isinstance(ptq, list | tuple):
         raise ConfigError(f"QuantConfig.ptq must be a list of algorithm names, e.g. ['cle', 'mse_init', "
                           f"'adaround'], got {ptq!r}")  # fmt: skip
-    names = ", ".join(known())
-    for name in ptq:
-        if name not in REGISTRY:
-            raise ConfigError(f"QuantConfig.ptq: unknown algorithm {name!r}; known algorithms: {names}")
-    dupes = sorted({n for n in ptq if list(ptq).count(n) > 1})
+    entries = list(ptq)
+    ptq = [resolve(entry)[0] for entry in entries]
+    dupes = sorted({n for n in ptq if ptq.count(n) > 1})
     if dupes:
         raise ConfigError(f"QuantConfig.ptq lists {dupes} more than once")
     stages = [REGISTRY[n].stage for n in ptq]
     for k in range(1, len(ptq)):
         if stages[k] < stages[k - 1]:
             raise ConfigError(
-                f"QuantConfig.ptq: {ptq[k]!r} ({STAGE_NAMES[stages[k]]}) must come before {ptq[k - 1]!r} "
+                f"QuantConfig.ptq: {entries[k]!r} ({STAGE_NAMES[stages[k]]}) must come before {entries[k - 1]!r} "
                 f"({STAGE_NAMES[stages[k - 1]]}); the order is pre-processing, initialisation, optimisation, "
                 "post-processing"
             )
     for stage in EXCLUSIVE_STAGES:
-        chosen = [n for n in ptq if REGISTRY[n].stage == stage]
+        chosen = [e for e, n in zip(entries, ptq, strict=True) if REGISTRY[n].stage == stage]
         if len(chosen) > 1:
             raise ConfigError(f"QuantConfig.ptq: {chosen} are alternative {STAGE_NAMES[stage]} algorithms "
                               "(each sets the same thing); choose one")  # fmt: skip
@@ -89,7 +113,8 @@ def check_pipeline(ptq: Any, options: Any) -> None:
 def _check_options(options: Any) -> None:
     if not isinstance(options, dict):
         raise ConfigError(f"QuantConfig.ptq_options must be a dict {{algorithm: {{option: value}}}}, got {options!r}")
-    for name, values in options.items():
+    for given_name, values in options.items():
+        name = ALIASES.get(given_name, given_name)
         if name not in REGISTRY:
             raise ConfigError(f"QuantConfig.ptq_options: unknown algorithm {name!r}; known algorithms: "
                               f"{', '.join(known())}")  # fmt: skip
@@ -118,6 +143,10 @@ def _same_type(value: Any, default: Any) -> bool:
     return isinstance(value, type(default))
 
 
-def options_for(name: str, config_options: dict) -> dict[str, Any]:
-    """The algorithm's defaults with the config's values for it applied."""
-    return {**REGISTRY[name].options, **config_options.get(name, {})}
+def options_for(entry: str, config_options: dict) -> dict[str, Any]:
+    """The algorithm's defaults, the config's values for it (under its name or alias) and the entry's
+    granularity (``"adaround:block"``) applied."""
+    name, suffix = resolve(entry)
+    given = {**config_options.get(name, {}), **{k: v for a, n in ALIASES.items() if n == name
+                                                 for k, v in config_options.get(a, {}).items()}}  # fmt: skip
+    return {**REGISTRY[name].options, **given, **suffix}

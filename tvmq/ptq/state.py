@@ -33,6 +33,7 @@ class PTQState:
     config: QuantConfig
     samples: np.ndarray  # calibration inputs (N, *input_shape[1:]), float32
     rounded: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # name -> (int8 codes, scales)
+    act_qparams: dict = field(default_factory=dict)  # layer name -> QParams of its output a step learned (LSQ)
     report: dict[str, dict[str, Any]] = field(default_factory=dict)  # step name -> what it did, per layer
     progress: bool = False
     cache: dict[str, Any] = field(default_factory=dict)  # float-model statistics, compiled capture modules
@@ -42,7 +43,9 @@ class PTQState:
         cache = dict(self.cache)
         if "float_mod" in changes:
             cache.clear()
-        elif "config" in changes and _quantization(changes["config"]) != _quantization(self.config):
+        elif ("config" in changes and _quantization(changes["config"]) != _quantization(self.config)) or (
+            "act_qparams" in changes and changes["act_qparams"] != self.act_qparams
+        ):
             cache.pop("capture", None)  # compiled with the activation qparams of the old config
         return dataclasses.replace(self, cache=cache, **changes)
 
@@ -54,6 +57,13 @@ class PTQState:
     def weighted(self) -> list[Layer]:
         """The conv/dense layers, in execution order."""
         return [layer for layer in self.layers if layer.kind in WEIGHTED_KINDS]
+
+    def observers(self, observed: dict) -> dict:
+        """The activation observers ``make_plan`` takes: the float model's, with the qparams steps learned."""
+        if not self.act_qparams:
+            return observed
+        return {**observed, **{layer.output: self.act_qparams[layer.name] for layer in self.layers
+                               if layer.name in self.act_qparams}}  # fmt: skip
 
     def layer(self, name: str) -> Layer:
         return next(layer for layer in self.layers if layer.name == name)

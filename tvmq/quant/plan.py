@@ -123,7 +123,7 @@ def make_plan(
     first = config.for_layer(next((lay.name for lay in layers if lay.kind in WEIGHTED_KINDS), ""))
     coded_input = first.act_scheme != "uniform"
     input_qp = _observed(observers[input_var], 8 if coded_input else first.act_bits, first.act_observer,
-                         first.percentile, pow2)  # fmt: skip
+                         first.percentile, pow2, first.act_symmetric)  # fmt: skip
     tensors = {input_var: input_qp}
     codebooks = {}
     if coded_input:
@@ -136,6 +136,9 @@ def make_plan(
         in_qps = [tensors[v] for v in layer.inputs]
         in_cbs = [codebooks.get(v) for v in layer.inputs]
         coded = cfg.act_scheme != "uniform" and layer.kind in WEIGHTED_KINDS
+        last = k == len(layers) - 1
+        packed_uniform = (config.pack_activations and not coded and layer.kind in WEIGHTED_KINDS and not last
+                          and cfg.act_bits <= 4 and S.packable(layer.out_shape[-1], cfg.act_bits))  # fmt: skip
         if isinstance(observers.get(layer.output), QParams):  # given by a pre-quantized model
             out_qp = observers[layer.output]
         elif layer.kind in SAME_QPARAMS_KINDS:
@@ -144,12 +147,19 @@ def make_plan(
             out_qp = PROBABILITY_QPARAMS
         else:
             out_qp = _observed(observers[layer.output], 8 if coded else cfg.act_bits, cfg.act_observer,
-                               cfg.percentile, pow2)  # fmt: skip
+                               cfg.percentile, pow2, cfg.act_symmetric)  # fmt: skip
+        uniform_levels = None
+        if packed_uniform:  # the b-bit grid on an int8 grid (b-bit code i -> int8 code i * 2^(8-b)), packed
+            out_qp, uniform_levels = _uniform_on_int8(out_qp)
         clamp = layer.clamp or (-math.inf, math.inf)
         act_min, act_max = out_qp.clamp_codes(*clamp)
         plan = LayerPlan(layer.name, layer.kind, cfg, in_qps, out_qp, act_min, act_max, in_codebooks=in_cbs)
-        last = k == len(layers) - 1
-        if coded:
+        if uniform_levels is not None:
+            lo, hi = act_min, act_max
+            levels = np.unique(np.clip(uniform_levels, lo, hi))
+            table = np.pad(levels, (0, 2**cfg.act_bits - levels.size), mode="edge").astype(np.int8)
+            plan.out_codebook = ActCodebook(table=table, bits=cfg.act_bits, packed=True)
+        elif coded:
             packed = not last and S.packable(layer.out_shape[-1], cfg.act_bits)
             plan.out_codebook = _act_codebook(observers[layer.output], cfg, out_qp, clamp, packed)
         else:
@@ -207,11 +217,21 @@ def _passed_codebook(layer: Layer, cb: ActCodebook | None, qp: QParams, last: bo
     return cb
 
 
-def _observed(observer: ActivationObserver | QParams, bits: int, method: str, percentile: float, pow2: bool) -> QParams:
+def _observed(observer: ActivationObserver | QParams, bits: int, method: str, percentile: float, pow2: bool,
+              symmetric: bool = False) -> QParams:  # fmt: skip
     if isinstance(observer, QParams):  # a pre-quantized model's own qparams: kept exactly
         return observer
     low, high = observer.range(method, bits, percentile)
-    return activation_qparams(low, high, bits, pow2)
+    return activation_qparams(low, high, bits, pow2, symmetric)
+
+
+def _uniform_on_int8(qp: QParams) -> tuple[QParams, np.ndarray]:
+    """A ``b``-bit uniform grid as int8 qparams and the int8 codes of its ``2^b`` levels: real values are equal
+    (``(i - z) s = (i 2^(8-b) - z 2^(8-b)) s / 2^(8-b)``), so a packed-code tensor of these levels is exactly the
+    uniform activation (``QuantConfig.pack_activations``)."""
+    factor = 2 ** (8 - qp.bits)
+    levels = np.arange(qp.qmin, qp.qmax + 1, dtype=np.int32) * factor
+    return QParams(scale=qp.scale / factor, zero_point=qp.zero_point * factor, bits=8), levels
 
 
 def _requant(real: np.ndarray, pow2: bool) -> tuple[np.ndarray | None, np.ndarray]:

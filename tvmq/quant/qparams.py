@@ -58,10 +58,15 @@ def to_pow2(scale: float) -> float:
     return float(2.0 ** math.ceil(math.log2(scale)))
 
 
-def activation_qparams(low: float, high: float, bits: int, pow2: bool = False) -> QParams:
-    """Asymmetric qparams covering ``[low, high]`` (widened to include 0); safe for constant tensors."""
+def activation_qparams(low: float, high: float, bits: int, pow2: bool = False, symmetric: bool = False) -> QParams:
+    """Asymmetric qparams covering ``[low, high]`` (widened to include 0); safe for constant tensors.
+    ``symmetric``: zero point 0, the scale covering both ends (``low`` on ``-2^(b-1)``, ``high`` on ``2^(b-1)-1``)."""
     low, high = min(float(low), 0.0), max(float(high), 0.0)
     qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    if symmetric:
+        scale = max(-low / -qmin, high / qmax) if bits > 1 else max(-low, high)
+        scale = scale if scale > 0 else 1.0
+        return QParams(scale=to_pow2(scale) if pow2 else scale, zero_point=0, bits=bits)
     span = high - low
     scale = span / (qmax - qmin) if span > 0 else 1.0
     if pow2:

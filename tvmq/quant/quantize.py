@@ -62,6 +62,8 @@ def quantize(
         observers = state.cache["float"].observers if "float" in state.cache else None
     if observers is None:
         observers = _calibrate(float_mod, func.params[0], layers, samples, progress)
+    if config.ptq:
+        observers = state.observers(observers)  # activation qparams a step learned (opt_qparam)
     plan = make_plan(layers, func.params[0], observers, config, rounded_weights=rounded)
     int_mod = RealizeIntegerOps(layers, plan)(float_mod)
     return QuantizedModel(float_mod=float_mod, int_mod=int_mod, layers=layers, plan=plan, config=config,
