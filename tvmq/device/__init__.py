@@ -3,6 +3,10 @@
 ``run(artifact, inputs, board=...)`` builds tvmq's own firmware (startup code, linker script, semihosting harness)
 around an exported artifact, runs every sample in one QEMU boot, and returns outputs, instruction counts per
 inference and per step, and a flash/RAM report. ``build_firmware`` and ``memory_report`` are the building blocks.
+
+``tvmq.device.profile.profile`` (CLI ``tvmq profile``) runs a model through the tvmq device protocol
+(``protocol.py``, ``firmware/tvmq_protocol.c``) on a bare-metal QEMU board, a Zephyr QEMU board or a flashed board
+and reports latency per layer; ``tvmq.device.zephyr.deploy`` (``tvmq deploy``) builds ``zephyr_project/``.
 """
 
 from .artifact import ArtifactInfo, load_artifact

@@ -65,6 +65,7 @@ def build_firmware(
     *,
     stack_bytes: int = DEFAULT_STACK_BYTES,
     extra_objects: Sequence[str | Path] = (),
+    protocol: bool = False,
 ) -> Path:
     """Build ``out_dir/app.elf`` (and ``app.map``) running the artifact on ``board``; returns the ELF's path.
 
@@ -72,6 +73,9 @@ def build_firmware(
     with ``--gc-sections`` against newlib-nano and rdimon (semihosting). ``out_dir`` defaults to
     ``artifact_dir/build-<board><opt>``. ``extra_objects`` (objects or static libraries compiled by the caller for
     the same core, e.g. a kernel library a benchmark compares with) are linked after ``model.o``.
+    ``protocol=True`` builds the second firmware mode instead of the semihosting harness: the tvmq device protocol
+    on the board's UART0 (``protocol_main.c``, see ``tvmq.device.protocol_firmware``); default ``out_dir`` then
+    ends in ``-protocol``.
     """
     info = load_artifact(artifact_dir)
     b = get_board(board)
@@ -79,9 +83,16 @@ def build_firmware(
     stack = check_stack_bytes(stack_bytes)
     check_core(info.core, b)
     gcc = find_tool(GCC)
-    out = Path(out_dir) if out_dir is not None else info.directory / f"build-{b.name}{opt}"
+    suffix = "-protocol" if protocol else ""
+    out = Path(out_dir) if out_dir is not None else info.directory / f"build-{b.name}{opt}{suffix}"
     out.mkdir(parents=True, exist_ok=True)
     (out / "harness_config.h").write_text(harness_config(info))
+    sources: tuple[str, ...] = ("harness.c",)
+    if protocol:
+        from .protocol_firmware import PROTOCOL_SOURCES, runner_config
+
+        (out / "tvmq_runner_config.h").write_text(runner_config(info, b))
+        sources = PROTOCOL_SOURCES
 
     cflags = [*info.core.cflags, opt, *COMMON_CFLAGS]
     includes = [f"-I{info.directory}", f"-I{FIRMWARE_DIR}", f"-I{out}"]
@@ -89,13 +100,14 @@ def build_firmware(
     model_c = info.directory / "model.c"
     run_tool([gcc, *cflags, *includes, "-include", FIRMWARE_DIR / "tvmq_profile.h", "-c", model_c,
               "-o", out / MODEL_OBJECT], what=f"compiling {model_c} {where}")  # fmt: skip
-    for src in ("harness.c", "startup.c"):
+    for src in (*sources, "startup.c"):
         run_tool([gcc, *cflags, *includes, "-c", FIRMWARE_DIR / src, "-o", out / src.replace(".c", ".o")],
                  what=f"compiling tvmq's {src} for model {info.name!r} {where}")  # fmt: skip
     elf = out / ELF_NAME
     run_tool([gcc, *cflags, "--specs=rdimon.specs", "-nostartfiles", f"-L{FIRMWARE_DIR}", "-T", b.linker_script,
               "-Wl,--gc-sections", f"-Wl,-Map={out / MAP_NAME}", f"-Wl,--defsym=__tvmq_stack_size={stack}",
-              out / "startup.o", out / "harness.o", out / MODEL_OBJECT, *extra_objects, "-lm", "-o", elf],
+              out / "startup.o", *(out / s.replace(".c", ".o") for s in sources), out / MODEL_OBJECT,
+              *extra_objects, "-lm", "-o", elf],
              what=f"linking model {info.name!r} {where} (weights, code and {stack} B of stack must fit the board's "
                   f"{b.flash_size // 1024} KiB flash and {b.ram_size // 1024} KiB RAM)")  # fmt: skip
     return elf

@@ -17,10 +17,7 @@
 #include "tvmq_profile.h"
 #include "tvmq_semihost.h"
 #include "tvmq_startup.h"
-
-#define SYST_CSR (*(volatile uint32_t *)0xE000E010u)
-#define SYST_RVR (*(volatile uint32_t *)0xE000E014u)
-#define SYST_CVR (*(volatile uint32_t *)0xE000E018u)
+#include "tvmq_systick.h" /* tvmq_prof_mark, tvmq_spin_exact, the marks and SYST_* registers */
 
 #define TVMQ_JOB_MAGIC 0x4A4D5654u    /* "TVMJ" */
 #define TVMQ_TIMING_MAGIC 0x544D5654u /* "TVMT" */
@@ -30,57 +27,10 @@
 #define TVMQ_KNOWN_LOOP 5000u
 #define TVMQ_STACK_PAINT 0xC0DEC0DEu
 
-typedef struct {
-    uint32_t id, wraps, cvr, spins;
-} tvmq_mark_t;
-
-
-static tvmq_mark_t tvmq_marks[TVMQ_MARK_CAPACITY];
-static uint32_t tvmq_marks_n;
-static uint32_t tvmq_marks_dropped;
-
 static int8_t tvmq_in_q[TVMQ_IN_BYTES] __attribute__((aligned(8)));
 static float tvmq_in_f[TVMQ_IN_BYTES] __attribute__((aligned(8)));
 static int8_t tvmq_out_q[TVMQ_OUT_BYTES] __attribute__((aligned(8)));
 static float tvmq_out_f[TVMQ_OUT_BYTES] __attribute__((aligned(8)));
-
-/* Out of line with one fixed path, so its own cost is a constant the host removes by calibration. */
-__attribute__((noinline)) void tvmq_prof_mark(uint32_t id) {
-    volatile uint32_t *cvr = &SYST_CVR;
-    uint32_t first = *cvr;
-    uint32_t value;
-    uint32_t spins = 0;
-    __asm__ volatile(
-        ".syntax unified\n\t" /* adds/subs with 3 operands also on ARMv6-M */
-        "1: ldr %[value], [%[cvr]]\n\t"
-        "adds %[spins], %[spins], #1\n\t"
-        "cmp %[value], %[first]\n\t"
-        "beq 1b\n\t"
-        : [value] "=&l"(value), [spins] "+l"(spins)
-        : [cvr] "l"(cvr), [first] "l"(first)
-        : "cc", "memory");
-    uint32_t wraps = tvmq_systick_wraps;
-    uint32_t n = tvmq_marks_n;
-    if (n < TVMQ_MARK_CAPACITY) {
-        tvmq_marks[n].id = id;
-        tvmq_marks[n].wraps = wraps;
-        tvmq_marks[n].cvr = value;
-        tvmq_marks[n].spins = spins;
-        tvmq_marks_n = n + 1;
-    } else {
-        tvmq_marks_dropped++;
-    }
-}
-
-/* Exactly 2 instructions per iteration: checks the host's instructions-per-tick for this board. */
-__attribute__((noinline, naked)) static void tvmq_spin_exact(uint32_t iterations) {
-    (void)iterations;
-    __asm__ volatile(
-        ".syntax unified\n\t"
-        "1: subs r0, r0, #1\n\t"
-        "bne 1b\n\t"
-        "bx lr");
-}
 
 static void tvmq_put_u32(char *text, uint32_t *pos, uint32_t value) {
     char digits[10];
