@@ -20,8 +20,10 @@ One firmware per model family runs every variant of its layers in one QEMU boot 
 measures the zoo models (``tvmq.load_quantized(<name>.int8.tflite)``): tvmq's whole inference and its conv/dense
 steps vs CMSIS-NN's calls on the same layers with tvmq's own activations as inputs (outputs compared too).
 
-Run: ``.venv/bin/python bench/kernels.py [--layers res8 dscnn.dw1 ...] [--out ...]`` (``--help``). Writes JSON
-(default ``bench/results/kernels.json``), a bar chart beside it, and a table. QEMU counts instructions, not cycles.
+Run: ``.venv/bin/python bench/kernels.py [--layers res8 dscnn.dw1 ...] [--out ...]`` (``--help``); with
+``--tune 0 --database DIR`` it first tunes every layer and zoo model into DIR (``tvmq.tune``), then measures.
+Writes JSON (default ``bench/results/kernels.json``), a bar chart beside it, and a table. QEMU counts
+instructions, not cycles.
 """
 
 from __future__ import annotations
@@ -921,6 +923,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="zoo models for whole-model rows (default: all with an int8 TFLite file; none: --models)",
     )
     p.add_argument("--database", type=Path, default=None, help="tuning database: fills the 'tvmq tuned' column")
+    p.add_argument("--tune", type=int, default=None, metavar="TRIALS",
+                   help="first tune the layers and zoo models into --database with tvmq.tune (TRIALS: measured "
+                        "candidates per layer family / model; 0: tvmq.tune's default, 40 per kernel)")  # fmt: skip
     p.add_argument("--samples", type=int, default=2, help="inputs per layer / zoo model (median per step)")
     p.add_argument("--jobs", type=int, default=2, help="QEMU boots and compilers at a time")
     p.add_argument("--board", default=device.DEFAULT_BOARD, help="QEMU board")
@@ -933,6 +938,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.models = default_models() if args.models is None else args.models
     if args.samples < 1:
         p.error("--samples must be at least 1")
+    if args.tune is not None and (args.database is None or args.tune < 0):
+        p.error("--tune TRIALS needs --database DIR (where the records go) and TRIALS >= 0")
     return args
 
 
@@ -960,11 +967,36 @@ def tuned_schedule(database: Path | None, micro: MicroTarget) -> Callable | None
     return schedule_from_database(database, micro)
 
 
+def tune_all(args: argparse.Namespace, micro: MicroTarget) -> None:
+    """Tune what this benchmark measures into ``args.database``: each layer family's kernels (the layers' own
+    constants) and each zoo model, one ``tvmq.tune`` call each (a re-run resumes: measured candidates count)."""
+    trials = args.tune or None
+    families: dict[str, dict[str, Any]] = {}
+    for spec in args.specs:
+        _, zp = layer_input(spec, 1)
+        for b in args.bits:
+            func, consts = tvmq_kernel(make_layer(spec, b, zp), b)
+            params = [p.name for p in func.params[1:-1]]
+            families.setdefault(spec.family, {})[c_identifier(f"{spec.name}_int{b}")] = (
+                func,
+                dict(zip(params, consts, strict=True)),
+            )
+    jobs = [(f"layers {family}", kernels) for family, kernels in families.items()]
+    jobs += [(f"model {name}", tvmq.load_quantized(tflite_path(name))) for name in args.models]
+    for what, model in jobs:
+        print(f"tuning {what} into {args.database}", flush=True)
+        report = tvmq.tune(model, micro, board=args.board, database=args.database, trials=trials,
+                           progress=not args.no_progress, jobs=args.jobs)  # fmt: skip
+        print(report.table(), flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
     board = device.get_board(args.board)
     micro = parse_target({"kind": "c", "mcpu": board.core.name})
+    if args.tune is not None:
+        tune_all(args, micro)
     schedules = {"tvmq": None, "tvmq_tuned": tuned_schedule(args.database, micro)}
     findings: list[str] = []
     with tempfile.TemporaryDirectory(prefix="tvmq-kernels-") as tmp:

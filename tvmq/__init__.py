@@ -28,6 +28,7 @@ from .ptq.mixed import mixed_precision
 from .quant.model import QuantizedModel
 from .quant.prequantized import load_quantized
 from .quant.quantize import quantize
+from .tuning import tune
 
 __version__ = "0.1.0"
 
@@ -55,4 +56,5 @@ __all__ = [
     "qemu",
     "quantize",
     "load_quantized",
+    "tune",
 ]

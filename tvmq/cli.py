@@ -196,7 +196,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     qmodel = _load(args)
     name = args.name or Path(args.model).stem
     _status(f"building C for {args.target}")
-    artifact = build(qmodel, target=args.target, name=name, io_in_arena=args.io_in_arena)
+    artifact = build(qmodel, target=args.target, name=name, io_in_arena=args.io_in_arena, database=args.database)
     out = artifact.export(args.output, overwrite=args.force)
     plan = artifact.plan
     print(qmodel.summary())
@@ -320,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="plan the model's input and output inside the arena (zero-copy tvmq_<name>_input/_output)",
     )
+    b.add_argument("--database", help="tuning database written by `tvmq tune`: each kernel's best schedule")
     b.set_defaults(func=cmd_build)
 
     r = sub.add_parser("run", help="run an exported library on a QEMU Cortex-M board")
@@ -331,6 +332,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--output", help="save the raw int8 outputs to this .npy")
     r.add_argument("--json", help="write instructions, per-step counts and memory as JSON")
     r.set_defaults(func=cmd_run)
+
+    from .device.cli_commands import register_device_commands  # tvmq deploy, tvmq profile (Zephyr, boards)
+
+    register_device_commands(sub)
+    from .tuning.cli import register_tune_command  # tvmq tune
+
+    register_tune_command(sub, _add_quant_options, _load, _boards(), DEFAULT_TARGET)
     return parser
 
 

@@ -77,17 +77,25 @@ def build(
     name: str = "model",
     schedule=None,
     io_in_arena: bool = False,
+    database: str | os.PathLike | None = None,
 ) -> Artifact:
     """Compile a quantized model to one standalone C library for a Cortex-M core.
 
     ``target``: ``"c -mcpu=cortex-m4"``, ``{"kind": "c", "mcpu": "cortex-m4"}`` or a ``tvm.target.Target``.
     ``schedule``: PrimFunc -> PrimFunc (tuned schedules); the default schedule when None. ``io_in_arena``: the
     model's input and output are planned in the arena too (``tvmq_<name>_input()``/``_output()`` give zero-copy
-    access, as TFLM's input/output tensors do); by default they are the caller's buffers.
+    access, as TFLM's input/output tensors do); by default they are the caller's buffers. ``database``: a directory
+    written by ``tvmq.tune``; each kernel gets its best tuned schedule (the default one when it has no record).
     """
     if not isinstance(model, QuantizedModel):
         raise ConfigError(f"tvmq.build takes a QuantizedModel (from tvmq.quantize), got {type(model).__name__}")
     micro = parse_target(target)
+    if database is not None:
+        if schedule is not None:
+            raise ConfigError("tvmq.build: pass either schedule= or database=, not both")
+        from ..tuning import schedule_from_database
+
+        schedule = schedule_from_database(database, micro)
     ident = c_identifier(name)
     main = write_concat_slices(read_program(model.int_mod))
     boundary = {f: read_program(model.int_mod, f) for f in BOUNDARY_FUNCTIONS}
