@@ -7,10 +7,12 @@
  * console UART (console_getchar, interrupt driven), sends its frames (console_putchar) and implements the step
  * marks: with CONFIG_TVMQ_TIMING_API each mark reads timing_counter_get() (the DWT cycle counter); intervals come
  * from timing_cycles_get(), the rate from timing_freq_get(), and the boot self-test checks timing_cycles_to_ns()
- * against a busy wait. Otherwise the kernel's cycle counter (k_cycle_get_32) at sys_clock_hw_cycles_per_sec(). The bare-metal QEMU firmware (protocol_main.c) is the other port of the same
- * runner, so the host reads both with the same code.
+ * against a busy wait. Otherwise the kernel's cycle counter (k_cycle_get_32) at sys_clock_hw_cycles_per_sec().
+ * The bare-metal QEMU firmware (protocol_main.c) is the other port of the same runner, so the host reads both with
+ * the same code.
  */
 #include <zephyr/kernel.h>
+#include <zephyr/kernel_version.h>
 #include <zephyr/console/console.h>
 #include <zephyr/sys/printk.h>
 #include <zephyr/sys_clock.h>
