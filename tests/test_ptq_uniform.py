@@ -59,3 +59,19 @@ def test_packed_uniform_activations_run_bit_exact_on_qemu(digits) -> None:
     np.testing.assert_array_equal(result.raw_outputs, q.run_int(q.quantize_input(x)))
     accuracy = np.mean(np.argmax(q.predict(digits.x_test), 1) == digits.y_test)
     assert accuracy >= digits.float_accuracy - 0.02
+
+
+def test_input_bits_quantizes_the_model_input_apart_from_the_activations() -> None:
+    """W3A3 with an 8-bit input (the PTQ literature's convention): the input has 256 levels, the rest 8; the
+    simulation and the integer model agree, and the finer input loses less."""
+    x = _data("relu", 64, 0)
+    a3 = tvmq.quantize(_relu_model(), x, tvmq.QuantConfig(weight_bits=3, act_bits=3), progress=False)
+    in8 = tvmq.quantize(_relu_model(), x, tvmq.QuantConfig(weight_bits=3, act_bits=3, input_bits=8), progress=False)
+    assert (a3.plan.input.qmin, a3.plan.input.qmax) == (-4, 3)
+    assert (in8.plan.input.qmin, in8.plan.input.qmax) == (-128, 127)
+    assert all(lp.output.qmax == 3 for lp in in8.plan.layers if lp.weight is not None)
+    assert in8.int_vs_simulated(x)["max_lsb"] <= 1
+    err = {k: float(np.mean((q.predict(x) - q.run_float(x)) ** 2)) for k, q in (("a3", a3), ("in8", in8))}
+    assert err["in8"] < err["a3"]
+    with pytest.raises(ConfigError, match="input_bits must be None"):
+        tvmq.QuantConfig(input_bits=9)

@@ -114,7 +114,8 @@ def _config(args: argparse.Namespace) -> QuantConfig:
         act_observer=args.act_observer, per_channel=not args.per_tensor, pow2_scales=args.pow2,
         weight_scheme=args.weight_scheme, act_scheme=args.act_scheme, codebook_mode=args.codebook_mode,
         quantile_center=args.quantile_center, act_symmetric=args.act_symmetric,
-        pack_activations=args.pack_activations, ptq=_ptq_list(args.ptq), ptq_options=_ptq_options(args.ptq_option),
+        pack_activations=args.pack_activations, input_bits=args.input_bits,
+        ptq=_ptq_list(args.ptq), ptq_options=_ptq_options(args.ptq_option),
         ptq_seed=args.ptq_seed,
     )  # fmt: skip
 
@@ -248,6 +249,8 @@ def _add_quant_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-tensor", action="store_true", help="per-tensor instead of per-channel weight scales")
     p.add_argument("--pow2", action="store_true", help="power-of-two scales (shift-only requantization)")
     p.add_argument("--act-symmetric", action="store_true", help="symmetric activations (zero point 0)")
+    p.add_argument("--input-bits", type=int, default=None,
+                   help="bits of the model input (default: the first layer's --act-bits); e.g. 8 at W3A3")  # fmt: skip
     p.add_argument("--pack-activations", action="store_true",
                    help="store uniform activations of at most 4 bits packed in the arena (LUT-requantize)")  # fmt: skip
     p.add_argument("--weight-scheme", choices=WEIGHT_SCHEMES, default="uniform",

@@ -81,6 +81,9 @@ class QuantConfig:
     becomes a codebook of its own uniform levels (LUT-requantize to the nearest level, packed codes the next layer
     decodes), so the arena shrinks with the bits as it does for codebook schemes.
 
+    ``input_bits`` quantizes the model input with its own width (uniform input; None: the first conv/dense layer's
+    ``act_bits``): sensor data often arrive with 8 or more meaningful bits while the layers run at fewer.
+
     ``ptq`` lists post-training quantization algorithms run in order before the integer weights are fixed
     (``tvmq.ptq``: e.g. ``["cle", "mse_init", "adaround", "bias_correction"]``); ``ptq_options`` sets their
     options (``{"adaround": {"iters": 2000}}``) and ``ptq_seed`` their random choices.
@@ -99,6 +102,7 @@ class QuantConfig:
     act_symmetric: bool = False
     pow2_scales: bool = False
     pack_activations: bool = False
+    input_bits: int | None = None
     max_calibration_samples: int = 1024
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     ptq: list[str] = field(default_factory=list)
@@ -114,6 +118,9 @@ class QuantConfig:
         for flag in ("pow2_scales", "pack_activations"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"QuantConfig.{flag} must be True or False, got {getattr(self, flag)!r}")
+        b = self.input_bits
+        if b is not None and (isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 8):
+            raise ConfigError(f"QuantConfig.input_bits must be None (the first layer's act_bits) or 1..8, got {b!r}")
         if not isinstance(self.max_calibration_samples, int) or self.max_calibration_samples < 1:
             raise ConfigError(
                 f"QuantConfig.max_calibration_samples must be a positive int, got {self.max_calibration_samples!r}"

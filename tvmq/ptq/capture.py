@@ -33,7 +33,7 @@ def float_pass(state: PTQState, extra: list | None = None) -> tuple[PTQState, Fl
     """Observers of the float model plus the inputs of every conv/dense layer and the ``extra`` tensors (cached in
     the state until the float model changes)."""
     cached = state.cache.get("float")
-    wanted = _unique([layer.inputs[0] for layer in state.weighted] + list(extra or []))
+    wanted = first_seen([layer.inputs[0] for layer in state.weighted] + list(extra or []))
     if cached is not None and all(v in cached.values for v in wanted):
         return state, cached
     watched = [state.input_var] + [layer.output for layer in state.layers]
@@ -82,7 +82,7 @@ class QuantCapture:
 
     def __init__(self, state: PTQState, observers: dict) -> None:
         self.layers = state.weighted
-        self.inputs = _unique([v for layer in state.layers for v in layer.inputs])
+        self.inputs = first_seen([v for layer in state.layers for v in layer.inputs])
         plan = make_plan(state.layers, state.input_var, state.observers(observers), state.config)
         fake = InsertFakeQuant(state.layers, plan)(probe(state.float_mod, self.inputs))
         module = parametrize_weights(fake, state.layers)
@@ -130,10 +130,6 @@ def plan_of(state: PTQState, observers: dict) -> QuantPlan:
     )
 
 
-def _unique(vars_: list) -> list:
-    seen, out = set(), []
-    for v in vars_:
-        if v not in seen:
-            seen.add(v)
-            out.append(v)
-    return out
+def first_seen(items: list) -> list:
+    """``items`` without repeats, in first-seen order (relax Vars hash by identity)."""
+    return list(dict.fromkeys(items))

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..relay_passes.layers import WEIGHTED_KINDS, Layer
+from .capture import first_seen
 from .layerwise import im2col
 
 POOL_MAX = ("max_pool2d", "max_pool1d")
@@ -102,7 +103,7 @@ class Graph:
                                   f"{', '.join(sorted(SUPPORTED))}")  # fmt: skip
         self.layers = layers
         produced = {layer.output for layer in layers}
-        self.inputs = _unique([v for layer in layers for v in layer.inputs if v not in produced])
+        self.inputs = first_seen([v for layer in layers for v in layer.inputs if v not in produced])
         self.outputs = list(outputs) if outputs is not None else [layers[-1].output]
 
     # -- forward ---------------------------------------------------------------------------------------------------
@@ -344,15 +345,6 @@ class _PoolWindow:
 
 def _spatial(layer: Layer, x: np.ndarray) -> tuple[int, ...]:
     return tuple(range(1, x.ndim - 1)) if layer.attrs.get("channels_last", True) else tuple(range(2, x.ndim))
-
-
-def _unique(vars_: list) -> list:
-    seen, out = set(), []
-    for v in vars_:
-        if v not in seen:
-            seen.add(v)
-            out.append(v)
-    return out
 
 
 # -- the quantized model as numpy ----------------------------------------------------------------------------------

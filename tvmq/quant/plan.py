@@ -119,11 +119,13 @@ def make_plan(
     ``(int8 weight, scales, int32 bias or None)``; ``rounded_weights`` maps a layer name to the ``(int8 weight,
     scales)`` a PTQ rounding algorithm chose on the uniform grid (stored and biased as round-to-nearest ones)."""
     pow2 = config.pow2_scales
-    # the model input is quantized as its first conv/dense layer says (a layout transpose may come before it)
+    # the model input is quantized as its first conv/dense layer says (a layout transpose may come before it),
+    # with config.input_bits when given
     first = config.for_layer(next((lay.name for lay in layers if lay.kind in WEIGHTED_KINDS), ""))
     coded_input = first.act_scheme != "uniform"
-    input_qp = _observed(observers[input_var], 8 if coded_input else first.act_bits, first.act_observer,
-                         first.percentile, pow2, first.act_symmetric)  # fmt: skip
+    input_bits = 8 if coded_input else (config.input_bits or first.act_bits)
+    input_qp = _observed(observers[input_var], input_bits, first.act_observer, first.percentile, pow2,
+                         first.act_symmetric)  # fmt: skip
     tensors = {input_var: input_qp}
     codebooks = {}
     if coded_input:
