@@ -155,6 +155,36 @@ def test_a_candidate_that_changes_results_is_rejected(small, tmp_path, monkeypat
     assert tuned.files["model.c"] == tvmq.build(small, TARGET).files["model.c"]  # nothing wrong was applied
 
 
+def test_a_candidate_with_too_much_code_is_refused(small, tmp_path) -> None:
+    """Flash counts: a fully unrolled convolution (several times the default schedule's machine code) is refused
+    before it runs, naming the sizes; with ``code_growth=None`` it runs (and is bit-exact)."""
+    task = next(t for t in extract_tasks(small) if t.op.startswith("conv2d"))
+    sch = s_tir.Schedule(task.func)
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        for loop in sch.get_loops(block):
+            sch.unroll(loop)
+    from tvmq.device.boards import get_board
+    from tvmq.target import parse_target
+
+    micro = parse_target(TARGET)
+    for growth in (2.0, None):
+        measurer = Measurer([task], micro, get_board(BOARD), tmp_path / f"m{growth}", code_growth=growth)
+        try:
+            default, unrolled = measurer.compile([(task, default_schedule(micro)(task.func), None),
+                                                  (task, sch.mod["main"], None)])  # fmt: skip
+            limit = measurer.code_limit(task)
+            results = measurer.measure([default, unrolled])
+        finally:
+            measurer.close()
+        assert 0 < default.code_bytes < unrolled.code_bytes and results[0].instructions
+        if growth is None:
+            assert limit is None and results[1].instructions and results[1].error is None
+        else:
+            assert limit == max(2 * default.code_bytes, default.code_bytes + 512) < unrolled.code_bytes
+            assert results[1].instructions is None
+            assert f"{unrolled.code_bytes} B of code, over the limit of {limit} B" in results[1].error
+
+
 def test_templates_replay_with_any_decision(small) -> None:
     """MetaSchedule mutates sampled tile sizes and replays traces: every template must replay with any of them."""
     for task in extract_tasks(small):

@@ -23,9 +23,12 @@ def register_tune_command(sub: Any, add_model_options: Callable[[argparse.Argume
     t.add_argument("--target", default=default_target, help=f'e.g. "c -mcpu=cortex-m4" (cores: {", ".join(CORES)})')
     t.add_argument("--board", default="mps2-an386", choices=boards, help="QEMU board the candidates run on")
     t.add_argument("--trials", type=int, default=None,
-                   help="measured candidates the database should hold for this model's kernels (default: 48 per "
+                   help="measured candidates the database should hold for this model's kernels (default: 40 per "
                         "tunable kernel); re-running continues from what is there")  # fmt: skip
     t.add_argument("--database", required=True, help="directory of the tuning database (created; resumable)")
+    t.add_argument("--code-growth", type=float, default=2.0,
+                   help="refuse candidates with more than this times the default schedule's kernel code (+512 B); "
+                        "default 2")  # fmt: skip
     t.add_argument("--jobs", type=int, default=2, help="compilers and QEMU processes at a time (default 2)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--json", help="write the report (per kernel: default and tuned instructions) as JSON")
@@ -39,7 +42,7 @@ def cmd_tune(args: argparse.Namespace, load: Callable[[argparse.Namespace], Any]
     parse_target(args.target)  # a typo in the target fails before calibration
     qmodel = load(args)
     report = tune(qmodel, args.target, board=args.board, trials=args.trials, database=args.database,
-                  progress=not args.no_progress, jobs=args.jobs)  # fmt: skip
+                  progress=not args.no_progress, jobs=args.jobs, code_growth=args.code_growth)  # fmt: skip
     print(report.table())
     print(f"database: {report.database} (apply with `tvmq build ... --database {report.database}`)")
     if args.json:

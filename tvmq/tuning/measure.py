@@ -14,6 +14,9 @@ Why this shape:
 - *Every output checked*: each run's output bytes go back to the host and must equal the task's reference (the host
   LLVM build of the untuned PrimFunc). A candidate that changes any byte, or whose kernel writes outside its output,
   is a failed measurement, never a speed-up. In-place kernels run with the output over their input as on the device.
+- *Flash counts too*: unrolling buys a few percent of instructions with several times the code (a tuned ResNet-8 went
+  from 10 KB to 75 KB of kernel code for 0.7%). A candidate whose kernel code exceeds ``code_growth`` times the
+  default schedule's code of the same kernel (plus ``CODE_SLACK`` bytes) is refused before it runs.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from ..device.toolchain import GCC, QEMU, find_tool
 from ..errors import DeviceError, ToolchainError
 from ..target import MicroTarget
 from ._worker import WorkerPool
-from .lower import TASK, StaleDefault, kernel_c, marks, realize
+from .lower import TASK, StaleDefault, default_schedule, kernel_c, marks, realize
 from .tasks import Task
 
 OPT = "-O2"
@@ -53,6 +56,9 @@ STACK_BYTES = 4 * 1024  # tvmq.device's default stack: a tuned kernel must fit w
 FLASH_BUDGET = 3 * 1024 * 1024  # bytes of candidate objects per firmware (the boards have 4 MiB)
 POISON = 0xA5  # output bytes before each run: a kernel that skips an output byte leaves it, and is caught
 KERNEL = "tvmq_kc"  # the candidate kernel's C symbol inside its object
+CODE_GROWTH = 2.0  # default limit of a tuned kernel's code bytes, as a multiple of the default schedule's
+CODE_SLACK = 512  # bytes a tuned kernel may always add to the default schedule's code
+NM = "arm-none-eabi-nm"
 
 HARNESS = """\
 /* tvmq tuning harness: calls every candidate on every input set between two SysTick marks. Generated. */
@@ -260,16 +266,18 @@ class Candidate:
     code_key: str  # hash of its C text: candidates with the same code are measured once
     flash_bytes: int
     error: str | None = None
+    code_bytes: int = 0  # the kernel function's machine code
 
 
 @dataclass
 class Toolchain:
     gcc: str
     qemu: str
+    nm: str
 
 
 def toolchain() -> Toolchain:
-    return Toolchain(find_tool(GCC), find_tool(QEMU))
+    return Toolchain(find_tool(GCC), find_tool(QEMU), find_tool(NM))
 
 
 class Measurer:
@@ -279,8 +287,11 @@ class Measurer:
     per candidate and per boot.
     """
 
-    def __init__(self, tasks: Sequence[Task], micro: MicroTarget, board: Board, workdir: Path, *, jobs: int = 2):
+    def __init__(self, tasks: Sequence[Task], micro: MicroTarget, board: Board, workdir: Path, *, jobs: int = 2,
+                 code_growth: float | None = CODE_GROWTH):  # fmt: skip
         self.tasks = {t.key: t for t in tasks}
+        self.code_growth = code_growth
+        self.code_limits: dict[str, int] = {}  # task key -> code bytes a candidate may have
         self.micro, self.board, self.workdir, self.jobs = micro, board, Path(workdir), max(1, int(jobs))
         self.tools = toolchain()
         self.frames = {t.key: task_frame(t) for t in tasks}
@@ -331,18 +342,45 @@ class Measurer:
             out.append(cand)
             head = f"/* tvmq tuning candidate {cid} of task {task.name} ({task.key}). Generated. */\n"
             frame = self.frames[task.key].text.replace(ID, str(cid))
-            cflags = [*self.micro.core.cflags, OPT, *COMMON_CFLAGS, f"-I{self.workdir / 'include'}"]
-            jobs.append((cand, (tvm.ir.save_json(func), self.micro.core.name, head, frame, cid, self.tools.gcc,
-                                cflags, str(directory))))  # fmt: skip
+            jobs.append((cand, self._compile_args(func, head, frame, cid, directory)))
         if len(jobs) == 1:
             done = [compile_candidate(*jobs[0][1])]
         else:
             done = self._pool().map("compile_candidate", [args for _, args in jobs])
-        for (cand, _), (key, size, error) in zip(jobs, done, strict=True):
-            cand.code_key, cand.flash_bytes = key, cand.flash_bytes + size
+        for (cand, _), (key, size, code, error) in zip(jobs, done, strict=True):
+            cand.code_key, cand.flash_bytes, cand.code_bytes = key, cand.flash_bytes + size, code
+            if error is None:
+                error = self._code_error(cand)
             if error is not None:
                 cand.error, cand.obj = error, None
         return out
+
+    def _compile_args(self, func: tirx.PrimFunc, head: str, frame: str, cid: int, directory: Path) -> tuple:
+        cflags = [*self.micro.core.cflags, OPT, *COMMON_CFLAGS, f"-I{self.workdir / 'include'}"]
+        return (tvm.ir.save_json(func), self.micro.core.name, head, frame, cid, self.tools.gcc, self.tools.nm, cflags,
+                str(directory))  # fmt: skip
+
+    def code_limit(self, task: Task) -> int | None:
+        """Code bytes a candidate of ``task`` may have: ``code_growth`` x its default schedule's + CODE_SLACK
+        (None: no limit). The default schedule's code is compiled once per session."""
+        if self.code_growth is None:
+            return None
+        if task.key not in self.code_limits:
+            func = task.func if task.base is not None else default_schedule(self.micro)(task.func)
+            directory = Path(tempfile.mkdtemp(prefix="default-", dir=self.workdir))
+            frame = self.frames[task.key].text.replace(ID, "0")
+            _, _, code, error = compile_candidate(*self._compile_args(func, "", frame, 0, directory))
+            if error is not None:
+                raise ToolchainError(f"compiling the default schedule of kernel {task.name} failed: {error}")
+            self.code_limits[task.key] = max(int(self.code_growth * code), code + CODE_SLACK)
+        return self.code_limits[task.key]
+
+    def _code_error(self, cand: Candidate) -> str | None:
+        limit = self.code_limit(cand.task)
+        if limit is None or cand.code_bytes <= limit:
+            return None
+        return (f"{cand.code_bytes} B of code, over the limit of {limit} B ({self.code_growth:g} x the default "
+                f"schedule's + {CODE_SLACK} B; tvmq.tune(code_growth=...))")  # fmt: skip
 
     # -- run ---------------------------------------------------------------------------------------------------
     def measure(self, cands: Sequence[Candidate]) -> list[Measurement]:
@@ -506,16 +544,17 @@ class Measurer:
         return results
 
 
-def compile_candidate(func_json: str, core: str, head: str, frame: str, cid: int, gcc: str, cflags: list[str],
-                       directory: str) -> tuple[str, int, str | None]:  # fmt: skip
-    """In a worker: scheduled PrimFunc (JSON) -> ``cand.c`` -> ``cand.o``; (code key, C bytes, error or None)."""
+def compile_candidate(func_json: str, core: str, head: str, frame: str, cid: int, gcc: str, nm: str,
+                      cflags: list[str], directory: str) -> tuple[str, int, int, str | None]:  # fmt: skip
+    """In a worker: scheduled PrimFunc (JSON) -> ``cand.c`` -> ``cand.o``; (code key, C bytes, kernel code bytes,
+    error or None)."""
     from ..target import CORES, MicroTarget
 
     try:
         func = tvm.ir.load_json(func_json)
         kernel = kernel_c(func, MicroTarget(CORES[core]), KERNEL)
     except Exception as err:  # noqa: BLE001 - a candidate TVM cannot lower is a failed candidate, not a crash
-        return "", 0, f"lowering to C failed: {_first_line(err)}"
+        return "", 0, 0, f"lowering to C failed: {_first_line(err)}"
     text = head + '#include <string.h>\n#include "tvmq_runtime.h"\n\n' + kernel + "\n" + frame
     key = hashlib.sha1(kernel.encode()).hexdigest()[:16]
     src, obj = Path(directory) / "cand.c", Path(directory) / "cand.o"
@@ -523,8 +562,19 @@ def compile_candidate(func_json: str, core: str, head: str, frame: str, cid: int
     proc = subprocess.run([gcc, *cflags, "-c", str(src), "-o", str(obj)], capture_output=True, text=True,
                           check=False)  # fmt: skip
     if proc.returncode != 0:
-        return key, len(text), f"gcc failed: {' '.join(proc.stderr.strip().splitlines()[:3])}"
-    return key, len(text), None
+        return key, len(text), 0, f"gcc failed: {' '.join(proc.stderr.strip().splitlines()[:3])}"
+    return key, len(text), kernel_code_bytes(nm, obj), None
+
+
+def kernel_code_bytes(nm: str, obj: Path) -> int:
+    """Machine-code bytes of the candidate kernel in ``obj`` (its function and any gcc clone of it)."""
+    out = subprocess.run([nm, "-S", "--defined-only", str(obj)], capture_output=True, text=True, check=True).stdout
+    total = 0
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 4 and parts[2] in "tT" and (parts[3] == KERNEL or parts[3].startswith(KERNEL + ".")):
+            total += int(parts[1], 16)
+    return total
 
 
 def _truncate_timing(data: bytes, runs: int) -> bytes:

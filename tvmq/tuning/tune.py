@@ -53,7 +53,7 @@ from .database import (
     workload_mod,
 )
 from .lower import TEMPLATE, default_schedule, realize
-from .measure import Measurement, Measurer, QemuBuilder, QemuRunner, Session
+from .measure import CODE_GROWTH, Measurement, Measurer, QemuBuilder, QemuRunner, Session
 from .space import default_hash, mark_default, space_fn, templates_for
 from .tasks import KernelSpec, Task, extract_tasks, kernel_tasks, on_default
 
@@ -163,6 +163,7 @@ def tune(
     progress: bool = True,
     jobs: int = 2,
     seed: int = 1,
+    code_growth: float | None = CODE_GROWTH,
 ) -> TuningReport:
     """Tune every kernel of ``model`` for ``target`` on QEMU ``board`` and record everything in ``database``.
 
@@ -170,10 +171,14 @@ def tune(
     mapping name -> PrimFunc or (PrimFunc, {parameter: constant}) for kernels alone (``tasks.kernel_tasks``).
     ``trials``: measured candidates the database should
     hold for these kernels (default: 40 per kernel with a tunable space); what is there already counts, so a
-    re-run continues an interrupted one. ``jobs``: compiler and QEMU processes at a time. Apply the result with
-    ``tvmq.build(model, target, database=database)``.
+    re-run continues an interrupted one. ``jobs``: compiler and QEMU processes at a time. ``code_growth``: a
+    candidate whose kernel has more than this times the default schedule's machine code (+ 512 B) is refused
+    (flash is scarce; None: no limit). Apply the result with ``tvmq.build(model, target, database=database)``.
     """
     micro = parse_target(target)
+    if code_growth is not None and (isinstance(code_growth, bool) or not isinstance(code_growth, int | float)
+                                    or not code_growth >= 1.0):  # fmt: skip
+        raise ConfigError(f"code_growth {code_growth!r} must be a number >= 1 (tuned code / default code) or None")
     b = get_board(board)
     check_core(micro.core, b)
     trials = _check_trials(trials)
@@ -195,7 +200,7 @@ def tune(
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="tvmq-tune-"))
     try:
-        return _tune(tasks, micro, b, directory, workdir, trials, progress, jobs, seed, started)
+        return _tune(tasks, micro, b, directory, workdir, trials, progress, jobs, seed, started, code_growth)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -225,7 +230,7 @@ class _TaskState:
 
 
 def _tune(tasks: list[Task], micro: MicroTarget, b: Board, directory: Path, workdir: Path, trials: int | None,
-          progress: bool, jobs: int, seed: int, started: float) -> TuningReport:  # fmt: skip
+          progress: bool, jobs: int, seed: int, started: float, code_growth: float | None) -> TuningReport:  # fmt: skip
     db = open_database(directory)
     default = default_schedule(micro)
     derived: dict[str, Task] = {}  # raw key -> the task on top of its default schedule (none if that is the PrimFunc)
@@ -233,7 +238,8 @@ def _tune(tasks: list[Task], micro: MicroTarget, b: Board, directory: Path, work
         scheduled = default(workload_mod(t.func)["main"])
         if not tvm_ffi.structural_equal(workload_mod(scheduled), workload_mod(t.func)):
             derived[t.key] = on_default(t, scheduled)
-    measurer = Measurer([*tasks, *derived.values()], micro, b, workdir / "measure", jobs=jobs)
+    measurer = Measurer([*tasks, *derived.values()], micro, b, workdir / "measure", jobs=jobs,
+                        code_growth=code_growth)  # fmt: skip
     session = Session(measurer)
     try:
         states = [_state(db, t, micro) for t in tasks]
