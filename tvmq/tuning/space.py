@@ -192,12 +192,7 @@ def tile(sch: s_tir.Schedule, *, window: bool = False) -> None:
     sch.reorder(*outer_s, *outer_r, *inner_r, *inner_s)
     tile_loop = outer_s[-1]  # innermost outer spatial loop: one tile per iteration
     if pad_block is not None:
-        window_block = sch.cache_read(acc, pad, "global")
-        sch.compute_at(window_block, tile_loop, preserve_unit_loops=True)
-        sch.compute_inline(pad_block)
-        copy = sch.get_loops(window_block)[-1]
-        factors = sch.sample_perfect_tile(copy, n=2, max_innermost_factor=UNROLL_MAX)
-        sch.unroll(sch.split(copy, factors)[1])
+        _padded_window_at(sch, acc, pad, pad_block, tile_loop)
     depth = len(outer_s)  # loops up to and including the tile loop
     for block in chain:
         sch.reverse_compute_at(block, tile_loop, preserve_unit_loops=True)  # loop count independent of samples
@@ -326,12 +321,7 @@ def microkernel(sch: s_tir.Schedule, p: int, q: int) -> None:
         ko, ki = sch.split(k, [None, q])
         sch.reorder(b, i, jo, ko, ji, ki, ry, rx, rc)
         if pad_block is not None:
-            window = sch.cache_read(acc, pad, "global")
-            sch.compute_at(window, jo, preserve_unit_loops=True)
-            sch.compute_inline(pad_block)
-            copy = sch.get_loops(window)[-1]
-            factors = sch.sample_perfect_tile(copy, n=2, max_innermost_factor=UNROLL_MAX)
-            sch.unroll(sch.split(copy, factors)[1])
+            _padded_window_at(sch, acc, pad, pad_block, jo)
         tile_loop, outer, depth = ji, ko, 4
         intrin = MacTile(p, q, kh, kw, c, sw=sw, dh=dh, dw=dw, izp=izp)
     for block in chain:
@@ -355,6 +345,17 @@ def _microkernels() -> dict[str, Template]:
 
 ON_DEFAULT_MAX = 4  # inner part unrolled per loop of the default schedule
 ON_DEFAULT_BODY = 16  # largest loop body (blocks, unrolled loops counted expanded) that may be unrolled again
+
+
+def _padded_window_at(sch: s_tir.Schedule, acc, pad, pad_block, loop) -> None:
+    """Copy the padded input window a tile reads into a buffer at ``loop`` (the pad's zero point folded into the
+    copy), its innermost loop split by a sampled factor and unrolled."""
+    window = sch.cache_read(acc, pad, "global")
+    sch.compute_at(window, loop, preserve_unit_loops=True)
+    sch.compute_inline(pad_block)
+    copy = sch.get_loops(window)[-1]
+    factors = sch.sample_perfect_tile(copy, n=2, max_innermost_factor=UNROLL_MAX)
+    sch.unroll(sch.split(copy, factors)[1])
 
 
 def on_default(sch: s_tir.Schedule) -> None:
