@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -148,6 +150,33 @@ def test_unsigned_levels_for_non_negative_data():
         levels = cb.BUILDERS[scheme](data, 3)
         assert levels.min() >= 0 and levels.size > 4  # all codes on the positive side
     assert cb.pow2_levels(data, 3, signed=True).min() >= 0  # negative levels of the symmetric set were never used
+
+
+def test_kmeans_ends_on_values_a_few_ulps_apart():
+    """Clusters of values 1e-13 apart near 1e3 (a few ulps): splitting a cell yields means that round onto existing
+    levels. k-means used to loop forever there (hypothesis found it in a test run); it must end, each value on a
+    level within 1e-9. An alarm turns a hang into a failure."""
+
+    def hang(*_):
+        raise TimeoutError("kmeans did not end within 30 s")
+
+    previous = signal.signal(signal.SIGALRM, hang)
+    signal.alarm(30)
+    try:
+        _kmeans_on_close_values()
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _kmeans_on_close_values() -> None:
+    rng = np.random.default_rng(3)
+    base = rng.uniform(-1e3, 1e3, 5)
+    for bits in (5, 6, 8):
+        data = rng.choice(base, 60) + rng.choice([0, 1e-13, 2e-13, 1e-12], 60)
+        book = cb.build_codebook(data, bits, "kmeans")
+        assert book.levels.size <= np.unique(data).size
+        np.testing.assert_allclose(book.levels[book.assign(data)], data, rtol=0, atol=1e-9)
 
 
 # ------------------------------------------------------------------------------------------------ Codebook

@@ -271,7 +271,10 @@ def _split_worst(data: np.ndarray, levels: np.ndarray, target: int) -> np.ndarra
         cut = min(np.clip(cell.mean(), cell[0], cell[-1]), np.nextafter(cell[-1], -np.inf))
         low, high = cell[cell <= cut], cell[cell > cut]
         means = [np.clip(part.mean(), part[0], part[-1]) for part in (low, high)]
-        levels = np.unique(np.concatenate((np.delete(levels, worst), means)))
+        split = np.unique(np.concatenate((np.delete(levels, worst), means)))
+        if split.size <= levels.size:
+            break  # values a few ulps apart: the halves' means round onto existing levels, no split can add one
+        levels = split
     return levels
 
 
