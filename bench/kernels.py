@@ -58,7 +58,7 @@ from tvmq.codegen.emit import c_identifier, c_type, kernel_symbol
 from tvmq.codegen.graph import read_program
 from tvmq.codegen.kernels import RUNTIME_HEADER, emit_kernels
 from tvmq.device.build import COMMON_CFLAGS
-from tvmq.device.toolchain import GCC, find_tool, run_tool
+from tvmq.device.toolchain import GCC, find_tool, function_sizes, run_tool
 from tvmq.quant.fixed_point import quantize_multiplier
 from tvmq.quant.plan import _uniform_codebook
 from tvmq.quant.qparams import weight_qmax
@@ -609,11 +609,7 @@ _BRANCH = re.compile(r"^\s+[0-9a-f]+:\s+(b\S*)\s+[0-9a-f]+ <([^>+]+)(?:\+0x[0-9a
 
 def function_graph(elf: Path) -> tuple[dict[str, int], dict[str, set[str]]]:
     """Bytes of every function in the ELF (``nm -S``) and the functions each one branches to (``objdump -d``)."""
-    sizes: dict[str, int] = {}
-    for line in run_tool([find_tool("arm-none-eabi-nm"), "-S", "--defined-only", elf], what="nm").splitlines():
-        parts = line.split()
-        if len(parts) == 4 and parts[2] in "tTwW":
-            sizes[parts[3]] = int(parts[1], 16)
+    sizes = function_sizes(elf)
     calls: dict[str, set[str]] = {}
     current = None
     for line in run_tool([find_tool("arm-none-eabi-objdump"), "-d", "--no-show-raw-insn", elf],

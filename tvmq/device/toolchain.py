@@ -15,6 +15,7 @@ from ..errors import ToolchainError
 
 GCC = "arm-none-eabi-gcc"
 SIZE = "arm-none-eabi-size"
+NM = "arm-none-eabi-nm"
 QEMU = "qemu-system-arm"
 APT_COMMAND = "sudo apt-get install -y gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm"
 _INSTALL_HINT = f"install the Cortex-M toolchain and QEMU with `{APT_COMMAND}` (or run `make toolchain`)"
@@ -53,6 +54,18 @@ def run_tool(args: Sequence[str | Path], what: str, cwd: str | Path | None = Non
         raise ToolchainError(f"{Path(argv[0]).name} failed (exit status {proc.returncode}) while {what}:\n"
                              f"{first_errors(proc.stderr or proc.stdout)}")  # fmt: skip
     return proc.stdout
+
+
+def function_sizes(path: str | Path, nm: str | None = None) -> dict[str, int]:
+    """Bytes of machine code of every function defined in an object or ELF file (``nm -S``; local, global and
+    weak text symbols). ``nm``: the tool's path when already found (e.g. in a worker process)."""
+    out = run_tool([nm or find_tool(NM), "-S", "--defined-only", path], what=f"listing the functions of {path}")
+    sizes: dict[str, int] = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 4 and parts[2] in "tTwW":
+            sizes[parts[3]] = int(parts[1], 16)
+    return sizes
 
 
 def first_errors(output: str, limit: int = 12) -> str:

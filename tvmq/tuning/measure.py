@@ -44,7 +44,7 @@ from ..codegen.kernels import RUNTIME_HEADER
 from ..device.boards import FIRMWARE_DIR, Board
 from ..device.build import COMMON_CFLAGS
 from ..device.timing import parse_timing
-from ..device.toolchain import GCC, QEMU, find_tool
+from ..device.toolchain import GCC, NM, QEMU, find_tool, function_sizes
 from ..errors import DeviceError, ToolchainError
 from ..target import MicroTarget
 from ._worker import WorkerPool
@@ -58,7 +58,6 @@ POISON = 0xA5  # output bytes before each run: a kernel that skips an output byt
 KERNEL = "tvmq_kc"  # the candidate kernel's C symbol inside its object
 CODE_GROWTH = 2.0  # default limit of a tuned kernel's code bytes, as a multiple of the default schedule's
 CODE_SLACK = 512  # bytes a tuned kernel may always add to the default schedule's code
-NM = "arm-none-eabi-nm"
 
 HARNESS = """\
 /* tvmq tuning harness: calls every candidate on every input set between two SysTick marks. Generated. */
@@ -568,13 +567,8 @@ def compile_candidate(func_json: str, core: str, head: str, frame: str, cid: int
 
 def kernel_code_bytes(nm: str, obj: Path) -> int:
     """Machine-code bytes of the candidate kernel in ``obj`` (its function and any gcc clone of it)."""
-    out = subprocess.run([nm, "-S", "--defined-only", str(obj)], capture_output=True, text=True, check=True).stdout
-    total = 0
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) == 4 and parts[2] in "tT" and (parts[3] == KERNEL or parts[3].startswith(KERNEL + ".")):
-            total += int(parts[1], 16)
-    return total
+    sizes = function_sizes(obj, nm)
+    return sum(n for name, n in sizes.items() if name == KERNEL or name.startswith(KERNEL + "."))
 
 
 def _truncate_timing(data: bytes, runs: int) -> bytes:
