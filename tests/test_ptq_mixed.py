@@ -59,6 +59,24 @@ def test_bops_and_arena_budgets_are_met(metric: str) -> None:
     assert again.config == result.config  # deterministic
 
 
+def test_bops_budget_of_uniform_w3a3_weighs_it_against_mixed_bits_and_keeps_the_output_at_8_bits() -> None:
+    """Every uniform pair of the options is a candidate (W3A3 itself, at exactly its BOPs), the best measured wins;
+    the model output is a variable like any other (a 3-bit logit vector ties), uniform only (dequantized with one
+    scale), and costs no BOPs, so the mixed choice leaves it at 8 bits."""
+    x = _data("relu", 64, 0)
+    w3a3 = tvmq.QuantConfig(weight_bits=3, act_bits=3)
+    bops = sum(r["bops"] for r in tvmq.quantize(_relu_model(), x, w3a3, progress=False).layer_stats())
+    result = search(_relu_model(), x, {"bops": bops}, w3a3, progress=False, samples=64)
+    assert result.measured["uniform w3 a3"]["cost"] == bops
+    assert result.measured[result.chosen]["mse"] == min(row["mse"] for row in result.measured.values())
+    output = {v.key: v for v in result.variables}["act:dense_0"]
+    assert [bits for bits, _ in output.options] == [8, 6, 4, 3, 2]
+    assert result.path[-1]["choice"]["act:dense_0"] == 0
+    arena = search(_relu_model(), x, {"arena": 10**6}, progress=False, samples=64)  # codebook options elsewhere
+    assert [v.options for v in arena.variables if v.key == "act:dense_0"] in ([], [[(8, "uniform")]])
+    assert any(scheme == "kmeans" for v in arena.variables for _, scheme in v.options)
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [("flash=24KB", ("flash", 24576.0)), ("arena=2048", ("arena", 2048.0)), ("bops=1.5M", ("bops", 1.5e6)),

@@ -170,9 +170,11 @@ def variables(layers: list[Layer], metric: str, weight_options, act_options) -> 
             out.append(Variable("weight", layer.name, list(weight_options)))
         if layer.kind in SAME_QPARAMS_KINDS or layer.kind in ("softmax", "sigmoid", "requantize"):
             continue
-        options = [o for o in act_options if o[1] == "uniform" or layer.kind in WEIGHTED_KINDS]
-        if layer is layers[-1]:  # the model output stays int8 codes
-            continue
+        # codebook outputs only where a LUT-requantize makes them (conv/dense), and not at the model output, which
+        # callers dequantize with one scale and zero point; its uniform bits are a choice like any other's (a
+        # 3-bit logit vector ties often: BOPs do not count it, so the search keeps it at the highest option)
+        options = [o for o in act_options
+                   if o[1] == "uniform" or (layer.kind in WEIGHTED_KINDS and layer is not layers[-1])]  # fmt: skip
         if len(options) > 1:
             out.append(Variable("act", layer.name, options))
     return out
@@ -241,9 +243,10 @@ def search(model, calibration, budget: str | dict, config: QuantConfig | None = 
         bar.set_postfix(layer=var.layer, worst=f"{var.noise[-1]:.3g}")
     choice, path = _greedy(model_, base, vars_, metric, limit, progress)
     candidates = {"mixed": choice}
-    for k in range(max(len(w_opts), len(a_opts))):  # uniform configs: every variable at the k-th (or last) option
-        uniform = {v.key: min(k, len(v.options) - 1) for v in vars_}
-        candidates[_uniform_name(vars_, uniform, base)] = uniform
+    for w in w_opts:  # uniform configs: every pair of a weight option and an activation option
+        for a in a_opts:
+            uniform = {v.key: _nearest(v.options, w if v.kind == "weight" else a) for v in vars_}
+            candidates.setdefault(_uniform_name(vars_, uniform, base), uniform)
     measured, best = {}, None
     for name, ch in candidates.items():
         cfg = _config(base, vars_, ch)
@@ -343,6 +346,14 @@ def _knapsack(model_: _Model, base: QuantConfig, vars_: list[Variable], relevant
         d = np.array(deltas[v.key])
         b -= int(np.ceil((d[j] - d.min()) / unit - 1e-9))
     return choice
+
+
+def _nearest(options: list[tuple[int, str]], option: tuple[int, str]) -> int:
+    """Index of ``option`` in a variable's options, else of the one with the closest bits (a layer without
+    codebook options takes the uniform grid of the same width)."""
+    if option in options:
+        return options.index(option)
+    return min(range(len(options)), key=lambda k: (abs(options[k][0] - option[0]), options[k][1] != "uniform"))
 
 
 def _uniform_name(vars_: list[Variable], choice: dict, base: QuantConfig) -> str:
