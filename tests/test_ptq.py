@@ -262,3 +262,22 @@ def test_bias_correction_gives_a_bias_to_layers_without_one() -> None:
 
 def _data_of(shape: tuple[int, ...], n: int) -> np.ndarray:
     return np.random.default_rng(3).normal(size=(n, *shape)).astype(np.float32)
+
+
+# -- the issue's accuracy targets on the digits CNN ---------------------------------------------------------------
+def test_digits_pipeline_meets_w4a4_and_w3a3_targets(digits) -> None:
+    """CLE, MSE ranges and AdaRound; tvmq's integer-only model on the whole test split: W4A4 within 1 point of
+    float, W3A3 within 3 and over a point above round-to-nearest with MinMax ranges (bench/ptq_study.py over 5
+    seeds: 99.29, 99.11 and 96.36; float 99.33)."""
+
+    def accuracy(config: tvmq.QuantConfig) -> float:
+        q = tvmq.quantize(digits.model_path, digits.calibration, config, progress=False)
+        return float(np.mean(np.argmax(q.predict(digits.x_test), axis=1) == digits.y_test))
+
+    pipeline = ["cle", "mse_init", "opt_round"]
+    got = {}
+    for (w, a), allowed in (((4, 4), 0.01), ((3, 3), 0.03)):
+        got[w, a] = accuracy(tvmq.QuantConfig(weight_bits=w, act_bits=a, ptq=pipeline, ptq_options=FAST))
+        assert got[w, a] >= digits.float_accuracy - allowed, got
+    rtn = accuracy(tvmq.QuantConfig(weight_bits=3, act_bits=3))
+    assert rtn < got[3, 3] - 0.01, (rtn, got)
