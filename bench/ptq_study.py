@@ -13,10 +13,12 @@ Rows (pipelines): RTN MinMax; +MSE; +CLE; each optimisation variable (opt_round 
 opt_qparam = LSQ, opt_bits = BitSplit) layer-wise and, except opt_bits, block-wise (BRECQ); opt_round with bias
 tuning; GPTQ; and the best combination (block-wise AdaRound with QDrop, then bias tuning), all after CLE and MSE
 initialisation like the seed's Table 2; last, that best pipeline with the first conv/dense layer's input and output
-at 8 bits (one per-layer override: the cheapest mixed precision). Columns: W8A8, W6A6, W4A8, W4A4, W3A3, W2A4, W2A2
-(weights symmetric per channel, activations asymmetric per tensor). Also: calibration time per pipeline (the PTQ
-steps and the integer plan, on this machine's shared cores), and for the best pipeline per config the BOPs and
-memory (flash weights bytes + arena bytes, exactly as ``tvmq.build`` plans them), as the seed's Figure 8.
+at 8 bits (one per-layer override: the cheapest mixed precision); and that best pipeline with per-layer weight
+and activation bits chosen by ``tvmq.mixed_precision`` under the uniform config's BOPs (W4A4 and below).
+Columns: W8A8, W6A6, W4A8, W4A4, W3A3, W2A4, W2A2 (weights symmetric per channel, activations asymmetric per
+tensor). Also: calibration time per pipeline (the PTQ steps and the integer plan, on this machine's shared cores),
+and for the best pipeline per config the BOPs and memory (flash weights bytes + arena bytes, exactly as
+``tvmq.build`` plans them), as the seed's Figure 8.
 
 ``--mixed`` adds the mixed-precision Pareto front (``tvmq.mixed_precision`` under flash budgets between uniform
 W2's and W8's, test accuracy vs flash, with the uniform W8..W2 configs on it).
@@ -28,6 +30,7 @@ Run: ``.venv/bin/python bench/ptq_study.py`` (the full grid; ``--models``, ``--p
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -68,8 +71,12 @@ PIPELINES = {
     "best: opt_round:block+QDrop +BT": [*PRE, "opt_round:block", "bias_tuning"],
     # the same with the first conv/dense layer's input and output at 8 bits (mixed precision by one override)
     "best, first layer A8": [*PRE, "opt_round:block", "bias_tuning"],
+    # the same with per-layer bits from tvmq.mixed_precision at the uniform config's BOPs (sub-8-bit configs)
+    "best, mixed bits at equal BOPs": [*PRE, "opt_round:block", "bias_tuning"],
 }
 FIRST_LAYER_A8 = {"best, first layer A8"}
+MIXED_BOPS = {"best, mixed bits at equal BOPs"}
+MIXED_CONFIGS = ("W4A4", "W3A3", "W2A4", "W2A2")
 # Iterations chosen for a study that runs on two shared cores; each option is the algorithm's own.
 OPTIONS = {"adaround": {"iters": 300, "batch_size": 32}, "adaquant": {"iters": 200, "batch_size": 32},
            "lsq": {"iters": 150, "batch_size": 32}, "bitsplit": {"iters": 2},
@@ -80,7 +87,7 @@ CALIB_FRACTION = 0.8
 
 def _options(pipeline: str) -> dict:
     options = {k: dict(v) for k, v in OPTIONS.items()}
-    if "QDrop" in pipeline or pipeline in FIRST_LAYER_A8:
+    if "QDrop" in pipeline or pipeline in FIRST_LAYER_A8 | MIXED_BOPS:
         for k, v in QDROP.items():
             options[k].update(v)
     return options
@@ -90,7 +97,7 @@ class ModelRun:
     """One zoo model and one seed: the float model's statistics (with and without CLE) shared by every pipeline."""
 
     def __init__(self, name: str, seed: int) -> None:
-        self.example = tvmq.examples.load(name)
+        self.name, self.example = name, tvmq.examples.load(name)
         calib = self.example.calibration
         rng = np.random.default_rng([seed, 1234])
         keep = np.sort(rng.choice(len(calib), int(round(CALIB_FRACTION * len(calib))), replace=False))
@@ -115,12 +122,19 @@ class ModelRun:
             return self._cle, pipeline[1:]
         return self.base, pipeline
 
+    def overrides(self, pipeline_name: str, bits: tuple[int, int]) -> dict:
+        if pipeline_name in FIRST_LAYER_A8:
+            return self.first_layer_a8
+        if pipeline_name in MIXED_BOPS:
+            return mixed_at_equal_bops(self.name, bits)["overrides"]
+        return {}
+
     def quantize(self, pipeline_name: str, pipeline: list[str], bits: tuple[int, int]) -> tuple[QuantizedModel, float]:
         start = time.perf_counter()
         state, steps = self.start(pipeline)
         config = tvmq.QuantConfig(weight_bits=bits[0], act_bits=bits[1], ptq=pipeline,
                                   ptq_options=_options(pipeline_name), ptq_seed=self.seed,
-                                  overrides=self.first_layer_a8 if pipeline_name in FIRST_LAYER_A8 else {})  # fmt: skip
+                                  overrides=self.overrides(pipeline_name, bits))  # fmt: skip
         state = state.replace(config=config)
         for entry in steps:
             check = REGISTRY[resolve(entry)[0]].check
@@ -154,6 +168,19 @@ def costs(model: QuantizedModel) -> dict[str, int]:
     return {"bops": int(sum(r["bops"] for r in model.layer_stats())), "flash": int(flash), "arena": int(arena)}
 
 
+@functools.cache
+def mixed_at_equal_bops(name: str, bits: tuple[int, int]) -> dict:
+    """Per-layer bits from ``tvmq.mixed_precision`` (MSE initialisation, all the shipped calibration samples: one
+    choice per model and config, the same for every seed) under the BOPs of the uniform config ``bits``."""
+    from tvmq.ptq.mixed import search
+
+    ex = tvmq.examples.load(name)
+    base = tvmq.QuantConfig(weight_bits=bits[0], act_bits=bits[1], weight_observer="mse", act_observer="mse")
+    budget = costs(tvmq.quantize(ex.model_path, ex.calibration, base, progress=False))["bops"]
+    result = search(ex.model_path, ex.calibration, {"bops": budget}, base, progress=False)
+    return {"budget_bops": budget, "chosen": result.chosen, "overrides": result.config.overrides}
+
+
 def run_study(models, pipelines, configs, seeds, log, journal: Path) -> list[dict[str, Any]]:
     """Every (model, seed, config, pipeline) not already in ``journal`` (one JSON row per line, appended as they
     come, so an interrupted run resumes and separate runs add up)."""
@@ -163,7 +190,8 @@ def run_study(models, pipelines, configs, seeds, log, journal: Path) -> list[dic
             and r["pipeline"] in pipelines]  # fmt: skip
     for seed in seeds:  # seed-major: an interrupted run has every model for the first seeds
         for name in models:
-            todo = [(c, p) for c in configs for p in pipelines if (name, seed, c, p) not in have]
+            todo = [(c, p) for c in configs for p in pipelines
+                    if (name, seed, c, p) not in have and (p not in MIXED_BOPS or c in MIXED_CONFIGS)]  # fmt: skip
             if not todo:
                 continue
             run = ModelRun(name, seed)
@@ -171,6 +199,8 @@ def run_study(models, pipelines, configs, seeds, log, journal: Path) -> list[dic
                 q, seconds = run.quantize(pipeline, PIPELINES[pipeline], CONFIGS[config])
                 row = {"model": name, "seed": seed, "config": config, "pipeline": pipeline,
                            "accuracy": run.accuracy(q), "seconds": round(seconds, 2), **costs(q)}  # fmt: skip
+                if pipeline in MIXED_BOPS:
+                    row["mixed"] = mixed_at_equal_bops(name, CONFIGS[config])
                 rows.append(row)
                 with journal.open("a") as f:
                     f.write(json.dumps(row) + "\n")
