@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..target import CORES, parse_target
+from .measure import CODE_GROWTH, CODE_SLACK
 
 
 def register_tune_command(sub: Any, add_model_options: Callable[[argparse.ArgumentParser], None],
@@ -26,9 +27,9 @@ def register_tune_command(sub: Any, add_model_options: Callable[[argparse.Argume
                    help="measured candidates the database should hold for this model's kernels (default: 40 per "
                         "tunable kernel); re-running continues from what is there")  # fmt: skip
     t.add_argument("--database", required=True, help="directory of the tuning database (created; resumable)")
-    t.add_argument("--code-growth", type=float, default=2.0,
-                   help="refuse candidates with more than this times the default schedule's kernel code (+512 B); "
-                        "default 2")  # fmt: skip
+    t.add_argument("--code-growth", type=float, default=CODE_GROWTH,
+                   help=f"refuse candidates with more than this times the default schedule's kernel code "
+                        f"(+{CODE_SLACK} B); default {CODE_GROWTH:g}")  # fmt: skip
     t.add_argument("--jobs", type=int, default=2, help="compilers and QEMU processes at a time (default 2)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--json", help="write the report (per kernel: default and tuned instructions) as JSON")

@@ -172,7 +172,7 @@ def tune(
     ``trials``: measured candidates the database should
     hold for these kernels (default: 40 per kernel with a tunable space); what is there already counts, so a
     re-run continues an interrupted one. ``jobs``: compiler and QEMU processes at a time. ``code_growth``: a
-    candidate whose kernel has more than this times the default schedule's machine code (+ 512 B) is refused
+    candidate whose kernel has more than this times the default schedule's machine code (+ ``CODE_SLACK`` B) is refused
     (flash is scarce; None: no limit). Apply the result with ``tvmq.build(model, target, database=database)``.
     """
     micro = parse_target(target)
